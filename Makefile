@@ -1,0 +1,36 @@
+# The two commands of the quick start:   make train   and   make test
+# Each creates the virtual environment .venv in the repo when it is missing (or when
+# pyproject.toml changed since it was built) and installs the package with its dev extra.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+CONFIG ?= laptop
+PYTEST_ARGS ?=
+
+.PHONY: venv test train bench lectures release grade clean-venv lint
+
+venv: $(STAMP)
+
+# Re-install only when pyproject.toml is newer than the stamp: fast when already there.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+test: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+train: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m reference_impl train --config $(CONFIG)
+
+bench: venv
+	HF_HUB_OFFLINE=1 $(PY) -m reference_impl bench data --resolution 32 --json
+
+lint: venv
+	$(PY) -m ruff check reference_impl tests
+
+clean-venv:
+	rm -rf $(VENV)
