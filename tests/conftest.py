@@ -1,0 +1,15 @@
+"""Shared test set-up: offline, deterministic, small.
+
+The cache (probe weights, caption embeddings) is shared by the whole session in
+``.cache/test`` inside the repo so slow artefacts are built once per test run.
+"""
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("REFERENCE_IMPL_CACHE", str(REPO / ".cache" / "test"))
