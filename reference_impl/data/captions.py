@@ -80,7 +80,7 @@ def parse_caption(text: str) -> dict[str, int]:
     t = text.lower()
     out: dict[str, int] = {}
     for i, k in enumerate(KINDS):
-        if re.search(_WORD.format(k) + "s?", t):
+        if re.search(_WORD.format(k + "s?"), t):
             out["kind"] = i
     for name, vocab in (("colour", COLOURS), ("size", SIZES)):
         for i, word in enumerate(vocab):
