@@ -5,8 +5,13 @@ import pytest
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from reference_impl.data.balance import (DistributedWeightedSampler, balanced_weights,
-                                         class_probabilities, class_weights, effective_number)
+from reference_impl.data.balance import (
+    DistributedWeightedSampler,
+    balanced_weights,
+    class_probabilities,
+    class_weights,
+    effective_number,
+)
 
 CATS_DOGS = torch.tensor([900.0, 100.0])  # the 90% cats / 10% dogs problem
 LABELS = torch.cat([torch.zeros(900, dtype=torch.long), torch.ones(100, dtype=torch.long)])
@@ -47,7 +52,9 @@ def test_inverse_frequency_gives_fifty_fifty_and_none_keeps_ninety_ten():
 
 
 def test_temperature_natural_at_one_square_root_at_two_uniform_when_large():
-    t = lambda temp: class_probabilities(CATS_DOGS, "temperature", temperature=temp)  # noqa: E731
+    def t(temp):
+        return class_probabilities(CATS_DOGS, "temperature", temperature=temp)
+
     torch.testing.assert_close(t(1.0), torch.tensor([0.9, 0.1], dtype=torch.float64))
     # T = 2: sqrt(900) = 30, sqrt(100) = 10 -> 0.75 / 0.25
     torch.testing.assert_close(t(2.0), torch.tensor([0.75, 0.25], dtype=torch.float64))

@@ -38,9 +38,10 @@ def class_counts(labels, num_classes: int | None = None) -> torch.Tensor:
     """Counts n_c of each class: labels (N,) ints in [0, C) -> (C,) float64."""
     labels = torch.as_tensor(labels, dtype=torch.long)
     if labels.ndim != 1 or labels.numel() == 0:
-        raise ValueError(f"labels must be a non-empty 1-D sequence, got shape {tuple(labels.shape)}")
+        raise ValueError(f"labels must be a non-empty 1-D sequence, got {tuple(labels.shape)}")
     if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+        raise ValueError(f"labels must lie in [0, {num_classes}), "
+                         f"got [{labels.min()}, {labels.max()}]")
     return torch.bincount(labels, minlength=num_classes or 0).double()
 
 
@@ -112,7 +113,7 @@ def balanced_weights(labels, method: str = "inverse", beta: float = 0.999,
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
-    """One 63-bit seed from (seed, epoch), hashed so (0, 1) and (1, 0) differ (seed + epoch would not)."""
+    """A 63-bit seed hashed from (seed, epoch): (0, 1) and (1, 0) differ; seed + epoch would not."""
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, np.uint64)[0] >> 1)
 
 
@@ -145,14 +146,15 @@ class DistributedWeightedSampler(Sampler[int]):
         if not replacement and num_samples > int((self.weights > 0).sum()):
             raise ValueError(f"cannot draw {num_samples} samples without replacement from "
                              f"{int((self.weights > 0).sum())} samples with non-zero weight")
+        running = dist.is_available() and dist.is_initialized()
         if world_size is None:
-            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            world_size = dist.get_world_size() if running else 1
         if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            rank = dist.get_rank() if running else 0
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         if drop_last and num_samples < world_size:
-            raise ValueError(f"drop_last with {num_samples} samples leaves nothing for {world_size} ranks")
+            raise ValueError(f"drop_last: {num_samples} samples leave none for {world_size} ranks")
         self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
         self.seed, self.replacement, self.drop_last, self.epoch = seed, replacement, drop_last, 0
         # samples per rank: the same on every rank

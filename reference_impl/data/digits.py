@@ -87,5 +87,6 @@ class Digits(Dataset):
             raise IndexError(f"item {i} out of range for a dataset of {len(self)}")
         digit = int(self.labels[i])
         # repeat, not expand: a real copy, so in-place augmentation cannot alias channels
-        return dict(image=self.images[i].repeat(3, 1, 1), caption=digit_caption(digit, self.template),
-                    index=int(self.rows[i]), digit=digit)
+        return {"image": self.images[i].repeat(3, 1, 1),
+                "caption": digit_caption(digit, self.template),
+                "index": int(self.rows[i]), "digit": digit}
