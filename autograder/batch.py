@@ -1,0 +1,192 @@
+"""Grade a folder of submissions: one sandboxed driver process per student, then the CSV.
+
+    SUBMISSIONS/<student>/<assignment>/<notebook>.ipynb  ->  OUT/grades.csv,
+    OUT/feedback/<student>/<assignment>.html, OUT/manual_grades.csv, OUT/results.json
+
+A driver that crashes or overruns its wall clock costs that student only (score 0 with a
+note); the batch always finishes and exits 0 when every submission got a row.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from . import feedback
+from . import notebook as nbu
+from .sandbox import Limits
+
+NAME = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+MANUAL_FIELDS = ["student", "assignment", "cell", "max_points", "points", "rubric", "answer"]
+
+
+def assignments(course: Path) -> dict[str, list[str]]:
+    """{assignment: [notebook file names]} from the nbgrader source folder."""
+    src = course / "solutions"
+    return {d.name: sorted(p.name for p in d.glob("*.ipynb"))
+            for d in sorted(src.iterdir()) if d.is_dir() and any(d.glob("*.ipynb"))}
+
+
+def venv_env() -> dict[str, str]:
+    """The environment for child processes: the venv's bin first (nbgrader needs alembic)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+def _run_driver(job: dict, tmp: Path, log: Path) -> dict:
+    jf, rf = tmp / f"{job['key']}.job.json", tmp / f"{job['key']}.result.json"
+    jf.write_text(json.dumps(job))
+    try:
+        with open(log, "w") as lf:
+            proc = subprocess.run([sys.executable, "-m", "autograder.driver", str(jf), str(rf)],
+                                  stdout=lf, stderr=subprocess.STDOUT, env=venv_env(),
+                                  timeout=job["limits"]["wall_seconds"] + 120)
+        if proc.returncode == 0 and rf.exists():
+            return json.loads(rf.read_text())
+        why = f"grading process failed (exit {proc.returncode}), see {log.name}"
+    except subprocess.TimeoutExpired:
+        why = "grading process exceeded the wall-clock limit"
+    return dict(notebook=job["notebook"], results={}, flags=[], notes=[why], cells=[])
+
+
+def grade(submissions: Path, out: Path, course: Path, limits: Limits, sandbox: bool,
+          jobs: int = 1) -> list[dict]:
+    """Grade every ``student/assignment`` folder found; return the CSV records."""
+    submissions, out, course = Path(submissions), Path(out), Path(course)
+    todo, records = [], []
+    known = assignments(course)
+    for sdir in sorted(p for p in submissions.iterdir() if p.is_dir()):
+        for a, nbs in known.items():
+            if not (sdir / a).is_dir():
+                continue
+            if not NAME.match(sdir.name):
+                records.append(dict(student=sdir.name, assignment=a, graded=[],
+                                    notes=["student folder name not allowed: not graded"]))
+                continue
+            todo.append((sdir.name, a, nbs))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="autograder-") as tmp:
+        def work(item):
+            student, a, nbs = item
+            graded = []
+            for nb in nbs:
+                key = f"{student}-{a}-{Path(nb).stem}"
+                job = dict(key=key, source=str(course / "solutions" / a / nb),
+                           release=str(course / "assignments" / a / nb),
+                           submission_dir=str(submissions / student / a), notebook=nb,
+                           workdir=str(Path(tmp) / key), limits=asdict(limits), sandbox=sandbox)
+                graded.append(_run_driver(job, Path(tmp), out / "logs" / f"{key}.log"))
+            return dict(student=student, assignment=a, graded=graded, notes=[])
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            records += list(pool.map(work, todo))
+    for r in records:
+        r["sandbox"] = "bwrap" if sandbox else "NONE (--unsafe-no-sandbox)"
+    records.sort(key=lambda r: (r["student"], r["assignment"]))
+    (out / "results.json").write_text(json.dumps(records))
+    write_outputs(out, course, records)
+    return records
+
+
+def read_manual(out: Path) -> dict[tuple, dict]:
+    path = out / "manual_grades.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        return {(r["student"], r["assignment"], r["cell"]): r for r in csv.DictReader(f)}
+
+
+def write_outputs(out: Path, course: Path, records: list[dict]) -> None:
+    """grades.csv, manual_grades.csv (entered points kept) and the feedback pages."""
+    manual = read_manual(out)
+    columns = []
+    for a, nbs in assignments(course).items():
+        multi = len(nbs) > 1
+        for nb in nbs:
+            src = nbu.read(course / "solutions" / a / nb)
+            columns += [(f"{Path(nb).stem}:" if multi else "") + nbu.grade_id(c)
+                        for c in nbu.graded_cells(src)]
+    columns = list(dict.fromkeys(columns))
+    rows, manual_rows = [], []
+    for r in records:
+        row = dict(student=r["student"], assignment=r["assignment"])
+        total = max_total = max_auto = 0.0
+        pending = 0
+        flags, notes = [], list(r["notes"])
+        multi = len(r["graded"]) > 1
+        for g in r["graded"]:
+            flags += g["flags"]
+            notes += g["notes"]
+            for gid, res in g["results"].items():
+                col = (f"{Path(g['notebook']).stem}:" if multi else "") + gid
+                max_total += res["max"]
+                if res["kind"] == "manual":
+                    entered = manual.get((r["student"], r["assignment"], col), {}).get("points")
+                    if entered not in (None, ""):
+                        res["points"] = min(float(entered), res["max"])
+                    manual_rows.append(dict(student=r["student"], assignment=r["assignment"],
+                                            cell=col, max_points=res["max"],
+                                            points="" if res["points"] is None else res["points"],
+                                            rubric=res["rubric"], answer=res["answer"]))
+                else:
+                    max_auto += res["max"]
+                if res["points"] is None:
+                    pending += 1
+                    row[col] = "needs manual grade"
+                else:
+                    row[col] = res["points"]
+                    total += res["points"]
+        row.update(total=total, max_total=max_total, manual_pending=pending,
+                   flags="; ".join(flags), notes="; ".join(notes), sandbox=r["sandbox"])
+        rows.append(row)
+        page = feedback.render(r["student"], r["assignment"], r["graded"],
+                               dict(row, max_auto=max_auto, total=total,
+                                    manual_status=f"{pending} pending" if pending else "graded"))
+        dest = out / "feedback" / r["student"] / f"{r['assignment']}.html"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(page)
+    fields = ["student", "assignment"] + columns + ["total", "max_total", "manual_pending",
+                                                    "flags", "notes", "sandbox"]
+    with open(out / "grades.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fields, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    with open(out / "manual_grades.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, MANUAL_FIELDS)
+        w.writeheader()
+        w.writerows(manual_rows)
+
+
+def enter_manual(out: Path, course: Path, student: str, assignment: str, cell: str,
+                 points: float) -> None:
+    """Record a manual score and rewrite grades.csv (and the feedback) with it."""
+    out = Path(out)
+    records = json.loads((out / "results.json").read_text())
+    rec = next((r for r in records if r["student"] == student and r["assignment"] == assignment),
+               None)
+    if rec is None:
+        raise ValueError(f"no graded submission for student {student!r}, assignment {assignment!r}")
+    res = next((g["results"][k] for g in rec["graded"] for k in g["results"]
+                if k == cell.split(":")[-1]), None)
+    if res is None or res["kind"] != "manual":
+        manual_ids = [k for g in rec["graded"] for k, v in g["results"].items()
+                      if v["kind"] == "manual"]
+        raise ValueError(f"{cell!r} is not a manually graded cell; expected one of {manual_ids}")
+    if not 0 <= points <= res["max"]:
+        raise ValueError(f"points must be in [0, {res['max']:g}] for {cell}, got {points}")
+    manual = read_manual(out)
+    manual[(student, assignment, cell)] = dict(student=student, assignment=assignment,
+                                               cell=cell, points=points)
+    with open(out / "manual_grades.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, MANUAL_FIELDS, restval="", extrasaction="ignore")
+        w.writeheader()
+        w.writerows(manual.values())
+    write_outputs(out, Path(course), records)
