@@ -164,3 +164,5 @@ def test_bad_folders_and_arguments_raise_clear_errors(tmp_path):
         ImageCaptionFolder(root, R, cache=tmp_path / "hf")
     with pytest.raises(ValueError, match="on_corrupt"):
         ImageCaptionFolder(root, R, on_corrupt="ignore")
+    with pytest.raises(ValueError, match="resolution"):
+        ImageCaptionStream(root, 0)

@@ -111,7 +111,9 @@ def load_folder_table(folder, streaming: bool = False, cache: str | Path | None 
     return ds.cast_column("image", ImageFeature(decode=False)), column
 
 
-def _check_on_corrupt(on_corrupt: str) -> None:
+def _check_arguments(resolution: int, on_corrupt: str) -> None:
+    if not isinstance(resolution, int) or resolution < 8:
+        raise ValueError(f"resolution must be an int >= 8, got {resolution!r}")
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
 
@@ -134,18 +136,18 @@ class ImageCaptionFolder(Dataset):
 
     def __init__(self, folder, resolution: int = 32, on_corrupt: str = "skip",
                  cache: str | Path | None = None):
-        _check_on_corrupt(on_corrupt)
+        _check_arguments(resolution, on_corrupt)
         table, self.caption_column = load_folder_table(folder, streaming=False, cache=cache)
         valid, self.skipped = [], []
-        cells = table["image"]
-        for row in tqdm(range(len(table)), desc="checking images", disable=None, leave=False):
+        cells = tqdm(table["image"], desc="checking images", disable=None, leave=False)
+        for row, cell in enumerate(cells):
             try:
-                decode_image(cells[row], resolution)
+                decode_image(cell, resolution)
                 valid.append(row)
             except CorruptImageError:
                 if on_corrupt == "raise":
                     raise
-                self.skipped.append(cells[row].get("path") or f"row {row}")
+                self.skipped.append(cell.get("path") or f"row {row}")
         warn_skipped(self.skipped, folder)
         if not valid:
             raise ValueError(f"no readable image in {folder} ({len(self.skipped)} skipped)")
@@ -177,7 +179,7 @@ class ImageCaptionStream(IterableDataset):
 
     def __init__(self, folder, resolution: int = 32, on_corrupt: str = "skip", rank: int = 0,
                  world_size: int = 1, cache: str | Path | None = None):
-        _check_on_corrupt(on_corrupt)
+        _check_arguments(resolution, on_corrupt)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.table, self.caption_column = load_folder_table(folder, streaming=True, cache=cache)
