@@ -70,6 +70,80 @@ class TextConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The denoiser (``models/unet.py``): a preset, optionally with a few fields replaced."""
+
+    preset: str = choices("tiny", "laptop", "h100", default="laptop")
+    block_out_channels: list[int] | None = None
+    layers_per_block: int | None = None
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule, objective and sampler (``diffusion/``)."""
+
+    num_train_timesteps: int = bounded(1000, lo=10)
+    beta_schedule: str = choices("linear", "scaled_linear", "squaredcos_cap_v2",
+                                 default="squaredcos_cap_v2")
+    zero_terminal_snr: bool = False
+    prediction_type: str = choices("epsilon", "v_prediction", "sample", default="epsilon")
+    min_snr_gamma: float = bounded(5.0, lo=0.0)  # 0 disables min-SNR weighting
+    noise_offset: float = bounded(0.0, lo=0.0, hi=1.0)
+    caption_dropout: float = bounded(0.1, lo=0.0, hi=1.0)
+    sampler: str = choices("ddim", "dpm", default="ddim")
+    sample_steps: int = bounded(25, lo=1, hi=1000)
+    guidance_scale: float = bounded(3.0, lo=0.0)
+    guidance_rescale: float = bounded(0.0, lo=0.0, hi=1.0)
+
+
+@dataclass
+class StageConfig:
+    """One stage of the curriculum: how long, at what resolution, on which data quality."""
+
+    steps: int = bounded(100, lo=1)
+    resolution: int = bounded(32, lo=8, hi=1024)
+    hq_fraction: float | None = bounded(None, lo=0.0, hi=1.0)  # None: the data section's
+    batch_size: int | None = bounded(None, lo=1)  # None: train.batch_size
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop (``training/trainer.py``)."""
+
+    curriculum: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    batch_size: int = bounded(32, lo=1)
+    grad_accum: int = bounded(1, lo=1)
+    lr: float = bounded(1e-3, lo=0.0)
+    weight_decay: float = bounded(0.0, lo=0.0)
+    lr_schedule: str = choices("constant", "constant_with_warmup", "linear", "cosine",
+                               default="cosine")
+    warmup_steps: int = bounded(50, lo=0)
+    max_grad_norm: float = bounded(1.0, lo=0.0)  # 0 disables clipping (the norm is still logged)
+    ema_decay: float = bounded(0.999, lo=0.0, hi=0.999999)
+    ema_warmup: bool = True
+    ema_power: float = bounded(2 / 3, lo=0.0)
+    mixed_precision: str = choices("no", "bf16", "fp16", default="no")
+    log_every: int = bounded(10, lo=1)
+    checkpoint_every: int = bounded(200, lo=1)
+    keep_checkpoints: int = bounded(2, lo=1)
+    validate_every: int = bounded(0, lo=0)  # 0: validate only at the end
+    max_bad_steps: int = bounded(5, lo=1)
+    spike_z: float = bounded(4.0, lo=0.0)
+    inject_nan_at: list[int] = field(default_factory=list)  # fault injection (tests, lecture 03)
+    num_threads: int = bounded(0, lo=0)  # CPU threads for torch; 0 leaves torch's default
+
+
+@dataclass
+class EvalConfig:
+    """Validation during and after training (``evaluation/``)."""
+
+    num_prompts: int = bounded(48, lo=1)
+    reference_images: int = bounded(1000, lo=10)
+    seed: int = 1234
+    final_num_samples: int = bounded(96, lo=1)
+
+
+@dataclass
 class Config:
     """The whole run. Sections are added by later stages of the lifecycle."""
 
@@ -78,6 +152,25 @@ class Config:
     output_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def check_consistency(cfg: Config) -> Config:
+    """Rules that involve several keys."""
+    t = cfg.train
+    if t.lr_schedule == "constant" and t.warmup_steps > 0:
+        raise ConfigError(
+            f"train.lr_schedule='constant' ignores train.warmup_steps={t.warmup_steps} "
+            "(diffusers' get_scheduler has no warm-up for it); use 'constant_with_warmup' "
+            "or set train.warmup_steps=0")
+    if cfg.diffusion.zero_terminal_snr and cfg.diffusion.prediction_type == "epsilon":
+        raise ConfigError("diffusion.zero_terminal_snr=true needs prediction_type="
+                          "'v_prediction' (at SNR=0 the noise is the input: eps-prediction is "
+                          "trivial there and x0 cannot be recovered; Lin et al. 2024, sec. 3.2)")
+    return cfg
 
 
 # --------------------------------------------------------------------------- loading
@@ -188,7 +281,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {k} is not a section")
         node[keys[-1]] = value
-    return _build(Config, data)
+    return check_consistency(_build(Config, data))
 
 
 def to_dict(cfg) -> dict:

@@ -1,0 +1,124 @@
+"""Checkpoints that survive a crash at any moment.
+
+Writing: everything goes into a temporary folder, then one ``os.replace`` renames it to
+``checkpoints/step_0001234``. A rename is atomic on POSIX file systems, so a reader sees the
+old set of checkpoints or the new one, never half a checkpoint; a kill during the write leaves
+only a ``.tmp-*`` folder that the next run deletes. A ``COMPLETE`` marker, written last inside
+the temporary folder, is the second line of defence. Only the newest ``keep`` are kept.
+
+What a checkpoint holds (enough to continue bit for bit on CPU): model, EMA, optimizer, LR
+schedule, health monitor, trainer position (stage, step, batches consumed) and every RNG state.
+
+The final model is also exported in diffusers format (``final/unet`` and ``final/unet_ema``,
+loadable with ``UNet2DConditionModel.from_pretrained``), with the run's config and noise schedule.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+PREFIX = "step_"
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Write ``state`` (name -> picklable object) as checkpoint ``step``; prune old ones."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:07d}"
+    tmp = root / f".tmp-{PREFIX}{step:07d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, obj in state.items():
+        torch.save(obj, tmp / f"{name}.pt")
+    (tmp / "COMPLETE").write_text(json.dumps({"step": step, "files": sorted(state)}))
+    if final.exists():  # re-saving the same step (e.g. after a resume): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.exists():
+        return []
+    done = [p for p in root.glob(f"{PREFIX}*") if (p / "COMPLETE").exists()]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def remove_partial(run_dir: str | Path) -> list[Path]:
+    """Delete temporary folders left by a crash during a write; returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    stale = list(root.glob(".tmp-*")) if root.exists() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Everything a checkpoint holds, as name -> object."""
+    path = Path(path)
+    if not (path / "COMPLETE").exists():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no COMPLETE marker)")
+    names = json.loads((path / "COMPLETE").read_text())["files"]
+    return {n: torch.load(path / f"{n}.pt", weights_only=False, map_location="cpu") for n in names}
+
+
+def export_final(run_dir: str | Path, unet, ema_unet, cfg_dict: dict, scheduler) -> Path:
+    """Write ``final/`` in diffusers format (atomically, like a checkpoint)."""
+    run_dir = Path(run_dir)
+    tmp, final = run_dir / ".tmp-final", run_dir / "final"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    unet.save_pretrained(tmp / "unet")
+    ema_unet.save_pretrained(tmp / "unet_ema")
+    scheduler.save_pretrained(tmp / "scheduler")
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def load_final(path: str | Path, ema: bool = True, device: str = "cpu"):
+    """(unet, config, train scheduler, text encoder) from an exported ``final/`` folder."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from ..config import load_config
+    from ..models.text_encoder import TextEncoder
+
+    path = Path(path)
+    if not (path / "config.yaml").exists():
+        raise FileNotFoundError(f"{path} is not an exported model folder (no config.yaml); "
+                                "pass a run's final/ folder")
+    cfg = load_config(str(path / "config.yaml"))
+    unet = UNet2DConditionModel.from_pretrained(path / ("unet_ema" if ema else "unet")).to(device)
+    scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+    text = TextEncoder(cfg.text.encoder, cfg.text.max_length, device=device)
+    return unet.eval(), cfg, scheduler, text

@@ -1,0 +1,48 @@
+"""``python -m reference_impl train --config NAME_OR_PATH [--set k=v ...] [--resume]``."""
+from __future__ import annotations
+
+import sys
+
+from ..config import load_config
+from .health import TrainingDiverged
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", default="laptop", help="preset name (ci, laptop, ...) or YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--stop-after-steps", type=int, default=None,
+                   help="stop after this many steps (the schedule still spans the whole run)")
+    p.add_argument("--no-validation", action="store_true", help="skip the probe-based validation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_validator(cfg):
+    """The evaluation toolkit's validation hook at the run's final resolution."""
+    from ..evaluation.probe import get_probe
+    from ..evaluation.validation import Validator
+
+    probe = get_probe(progress=True)
+    return Validator(probe, resolution=cfg.train.curriculum[-1].resolution,
+                     num_prompts=cfg.eval.num_prompts, seed=cfg.eval.seed,
+                     num_reference=cfg.eval.reference_images)
+
+
+def main(args) -> int:
+    cfg = load_config(args.config, args.overrides)  # config errors stop here, before any work
+    from .trainer import Trainer
+
+    validator = None if args.no_validation else build_validator(cfg)
+    trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, validator=validator)
+    print(f"{cfg.name}: {trainer.n_params / 1e6:.2f} M trainable parameters, "
+          f"{trainer.total_steps} steps, output in {cfg.output_dir}")
+    try:
+        trainer.fit(stop_after=args.stop_after_steps)
+    except TrainingDiverged as e:
+        print(f"training stopped: {e}", file=sys.stderr)
+        return 3
+    final = [r for r in trainer.history if r.get("final")]
+    if final:
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in final[-1].items()})
+    return 0

@@ -1,0 +1,63 @@
+"""Exponential moving average (EMA) of the weights, with warm-up.
+
+    theta_ema <- d_k * theta_ema + (1 - d_k) * theta          after optimizer step k
+
+Sampling from theta_ema instead of the last raw weights averages out the noise SGD adds
+around a minimum (Polyak & Juditsky 1992; used by DDPM, Ho et al. 2020, and every diffusion
+model since; assignment 1 derives the variance reduction). The decay warms up so the first
+steps, far from any minimum, are quickly forgotten (the schedule of diffusers' ``EMAModel``):
+  without warm-up: d_k = (1 + k) / (10 + k)
+  with warm-up:    d_k = 1 - (1 + k / inv_gamma) ** -power   (Karras et al. style; power 2/3
+                   reaches 0.999 at ~31.6k steps, power 3/4 reaches 0.9999 at ~215k steps)
+then clipped to [min_decay, decay], where k counts steps after ``update_after_step``.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+class EMA:
+    """Shadow copy of a model's parameters (buffers are copied, not averaged)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999, min_decay: float = 0.0,
+                 update_after_step: int = 0, use_warmup: bool = True, inv_gamma: float = 1.0,
+                 power: float = 2 / 3):
+        assert 0.0 <= min_decay <= decay < 1.0, "need 0 <= min_decay <= decay < 1"
+        self.decay, self.min_decay, self.update_after_step = decay, min_decay, update_after_step
+        self.use_warmup, self.inv_gamma, self.power = use_warmup, inv_gamma, power
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        self.optimization_step = 0
+
+    def get_decay(self, optimization_step: int) -> float:
+        """The decay used at (1-based) optimisation step ``optimization_step``."""
+        k = max(0, optimization_step - self.update_after_step - 1)
+        if k <= 0:
+            return 0.0  # the first update copies the weights
+        if self.use_warmup:
+            d = 1 - (1 + k / self.inv_gamma) ** -self.power
+        else:
+            d = (1 + k) / (10 + k)
+        return max(min(d, self.decay), self.min_decay)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> float:
+        """Fold the current weights in; returns the decay used."""
+        self.optimization_step += 1
+        d = self.get_decay(self.optimization_step)
+        for ema_p, p in zip(self.shadow.parameters(), model.parameters()):
+            if p.requires_grad:
+                ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - d)  # ema + (1-d)(p - ema)
+            else:
+                ema_p.copy_(p.detach())
+        for ema_b, b in zip(self.shadow.buffers(), model.buffers()):
+            ema_b.copy_(b)
+        return d
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow.state_dict(), "optimization_step": self.optimization_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow.load_state_dict(state["shadow"])
+        self.optimization_step = int(state["optimization_step"])

@@ -1,0 +1,324 @@
+"""The trainer: one loop for pre-training, SFT and LoRA (they differ by data, LR and which
+parameters train). Devices, mixed precision and data parallelism come from accelerate.
+
+One optimizer step (``train_step``):
+  1. for each of ``grad_accum`` micro-batches: noise (+ offset), timesteps, caption dropout,
+     the objective's target, min-SNR weights; backward of loss / grad_accum - without the DDP
+     gradient sync except on the last micro-batch;
+  2. clip the gradient norm (the pre-clip norm is logged);
+  3. health check: a non-finite loss or gradient skips the update; too many in a row abort;
+  4. optimizer and LR schedule step, then the EMA folds in the new weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from ..config import Config, to_dict
+from ..data.curriculum import BatchStream, stage_dataset
+from ..diffusion.objectives import (drop_captions, min_snr_weights, per_sample_mse, sample_noise,
+                                    training_target)
+from ..diffusion.sampling import sample
+from ..diffusion.schedule import make_scheduler, snr
+from ..models.text_encoder import TextEncoder
+from ..models.unet import build_unet, count_parameters
+from . import checkpoint as ckpt
+from .ema import EMA
+from .health import HealthMonitor
+from .throughput import ThroughputMeter, device_peak_flops, training_step_flops
+
+NUM_T_BINS = 10  # per-timestep-bin loss: which noise levels are learned, and when
+
+
+class Trainer:
+    """Builds everything from a ``Config`` and trains it through its curriculum."""
+
+    def __init__(self, cfg: Config, resume: bool = False, progress: bool = True,
+                 unet: torch.nn.Module | None = None, validator=None):
+        self.cfg, self.progress = cfg, progress
+        t = cfg.train
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.accelerator = Accelerator(mixed_precision=t.mixed_precision)
+        self.device = self.accelerator.device
+        self.run_dir = Path(cfg.output_dir)
+        self.is_main = self.accelerator.is_main_process
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+
+        self.text = TextEncoder(cfg.text.encoder, cfg.text.max_length, device=self.device)
+        first_res = t.curriculum[0].resolution
+        model = unet if unet is not None else build_unet(
+            cfg.model.preset, first_res, self.text.dim,
+            **{k: v for k, v in (("block_out_channels", cfg.model.block_out_channels),
+                                 ("layers_per_block", cfg.model.layers_per_block)) if v is not None})
+        self.noise_scheduler = make_scheduler(cfg.diffusion.beta_schedule,
+                                              cfg.diffusion.num_train_timesteps,
+                                              cfg.diffusion.prediction_type,
+                                              cfg.diffusion.zero_terminal_snr)
+        self.total_steps = sum(s.steps for s in t.curriculum)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        lr_sched = get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
+                                 num_training_steps=self.total_steps)
+        self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
+            model, optimizer, lr_sched)
+        self.ema = EMA(self.raw_unet, decay=t.ema_decay, use_warmup=t.ema_warmup, power=t.ema_power)
+        self.health = HealthMonitor(spike_z=t.spike_z, max_bad_steps=t.max_bad_steps)
+        rank = self.accelerator.process_index
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + rank)  # noise, t, dropout
+        self.step, self.stage_index, self.stage_batches = 0, 0, 0
+        self.validator = validator
+        self.history: list[dict] = []
+
+        if resume:
+            self._resume()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        self.n_params = count_parameters(self.raw_unet, trainable_only=True)
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def raw_unet(self):
+        return self.accelerator.unwrap_model(self.unet)
+
+    def _stage_at(self, step: int) -> int:
+        acc = 0
+        for i, s in enumerate(self.cfg.train.curriculum):
+            acc += s.steps
+            if step < acc:
+                return i
+        return len(self.cfg.train.curriculum) - 1
+
+    def state(self) -> dict:
+        return {"unet": self.raw_unet.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "health": self.health.state_dict(),
+                "trainer": {"step": self.step, "stage_index": self.stage_index,
+                            "stage_batches": self.stage_batches,
+                            "generator": self.gen.get_state()},
+                "rng": ckpt.rng_state()}
+
+    def save(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        path = None
+        if self.is_main:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.state(),
+                                        keep=self.cfg.train.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _resume(self) -> None:
+        if self.is_main:
+            for p in ckpt.remove_partial(self.run_dir):
+                print(f"removed a partial checkpoint left by a crash: {p}")
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            print(f"--resume: no checkpoint in {self.run_dir}/checkpoints; starting fresh")
+            return
+        s = ckpt.load_checkpoint(path)
+        self.raw_unet.load_state_dict(s["unet"])
+        self.ema.load_state_dict(s["ema"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.lr_scheduler.load_state_dict(s["lr_scheduler"])
+        self.health.load_state_dict(s["health"])
+        tr = s["trainer"]
+        self.step, self.stage_index, self.stage_batches = tr["step"], tr["stage_index"], tr["stage_batches"]
+        self.gen.set_state(tr["generator"])
+        ckpt.set_rng_state(s["rng"])
+        print(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------ the step
+    def micro_batch_loss(self, batch: dict, inject_nan: bool = False) -> tuple[torch.Tensor, dict]:
+        """Weighted diffusion loss of one micro-batch (scalar) and per-sample diagnostics."""
+        d = self.cfg.diffusion
+        x0 = batch["image"].to(self.device)
+        b = x0.shape[0]
+        captions = drop_captions(batch["caption"], d.caption_dropout, self.gen)
+        hidden, mask = self.text.encode(captions)
+        noise = sample_noise(x0.shape, d.noise_offset, self.gen).to(self.device)
+        t = torch.randint(0, d.num_train_timesteps, (b,), generator=self.gen).to(self.device)
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)
+        acp = self.noise_scheduler.alphas_cumprod
+        target = training_target(d.prediction_type, x0, noise, acp, t)
+        with self.accelerator.autocast():
+            pred = self.unet(x_t, t, hidden.to(self.device),
+                             encoder_attention_mask=mask.to(self.device)).sample
+        mse = per_sample_mse(pred, target)
+        w = min_snr_weights(snr(acp, t), d.min_snr_gamma, d.prediction_type) \
+            if d.min_snr_gamma > 0 else torch.ones_like(mse)
+        loss = (w * mse).mean()
+        if inject_nan:
+            loss = loss * float("nan")
+        return loss, {"t": t.detach().cpu(), "mse": mse.detach().cpu()}
+
+    def train_step(self, stream: BatchStream) -> dict:
+        """One optimizer step over ``grad_accum`` micro-batches; returns its log record."""
+        tc = self.cfg.train
+        t0 = time.perf_counter()
+        data_wait, total, images = 0.0, 0.0, 0
+        bins = torch.zeros(NUM_T_BINS)
+        counts = torch.zeros(NUM_T_BINS)
+        inject = self.step in tc.inject_nan_at
+        for micro in range(tc.grad_accum):
+            td = time.perf_counter()
+            batch = next(stream)
+            data_wait += time.perf_counter() - td
+            last = micro == tc.grad_accum - 1
+            sync = nullcontext() if last else self.accelerator.no_sync(self.unet)
+            with sync:
+                loss, diag = self.micro_batch_loss(batch, inject_nan=inject)
+                # dividing by grad_accum makes the summed gradients the mean over all
+                # micro-batches: the same update as one big batch
+                self.accelerator.backward(loss / tc.grad_accum)
+            total += loss.item() / tc.grad_accum
+            images += len(batch["caption"])
+            b = (diag["t"] * NUM_T_BINS // self.cfg.diffusion.num_train_timesteps).clamp(max=NUM_T_BINS - 1)
+            bins.index_add_(0, b, diag["mse"])
+            counts.index_add_(0, b, torch.ones_like(diag["mse"]))
+        max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
+        grad_norm = float(self.accelerator.clip_grad_norm_(self.unet.parameters(), max_norm))
+        report = self.health.check(total, grad_norm)
+        decay = None
+        if report["ok"]:
+            self.optimizer.step()
+            decay = self.ema.update(self.raw_unet)
+        self.lr_scheduler.step()  # the schedule follows the step count even on skipped steps
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.stage_batches = stream.consumed
+        rec = {"step": self.step, "loss": total, "grad_norm": grad_norm,
+               "lr": self.lr_scheduler.get_last_lr()[0], "ema_decay": decay,
+               "skipped": not report["ok"], "spike": report["spike"],
+               "loss_ema": report["loss_ema"], "loss_std": report["loss_std"],
+               "_seconds": time.perf_counter() - t0, "_data_seconds": data_wait, "_images": images}
+        for i in range(NUM_T_BINS):
+            if counts[i] > 0:
+                rec[f"loss_t/{i}"] = float(bins[i] / counts[i])
+        if not report["ok"]:
+            print(f"step {self.step}: non-finite loss/gradient (loss={total}, grad_norm={grad_norm}); "
+                  "update skipped")
+        return rec
+
+    # ------------------------------------------------------------------ the loop
+    def sample_fn(self, resolution: int):
+        d = self.cfg.diffusion
+
+        def fn(prompts: list[str], seed: int) -> torch.Tensor:
+            return sample(self.ema.shadow, self.text, prompts, resolution, self.noise_scheduler,
+                          sampler=d.sampler, steps=d.sample_steps, guidance_scale=d.guidance_scale,
+                          guidance_rescale=d.guidance_rescale, seed=seed)
+        return fn
+
+    def validate(self, resolution: int) -> dict:
+        if self.validator is None or not self.is_main:
+            return {}
+        out = self.validator.run(self.sample_fn(resolution), step=self.step,
+                                 out_dir=self.run_dir / "samples")
+        return {f"val/{k}": v for k, v in out.items() if isinstance(v, (int, float))}
+
+    def _flops_per_image(self, stream: BatchStream) -> float | None:
+        """FLOPs of one training image (forward + backward), counted on a 2-image batch."""
+        batch = stream.dataset.__getitems__([0, 1])
+        from ..data.curriculum import collate
+
+        state = self.gen.get_state()  # counting must not consume the training randomness
+        try:
+            flops = training_step_flops(lambda: self.micro_batch_loss(collate(batch))[0].backward())
+        finally:
+            self.gen.set_state(state)
+            self.optimizer.zero_grad(set_to_none=True)
+        return flops / 2
+
+    def fit(self, stop_after: int | None = None) -> list[dict]:
+        """Train through the curriculum (or ``stop_after`` more steps); returns the log."""
+        tc = self.cfg.train
+        log_path = self.run_dir / "metrics.jsonl"
+        writer = None
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        end = self.total_steps if stop_after is None else min(self.total_steps, self.step + stop_after)
+        bar = tqdm(total=end, initial=self.step, disable=not (self.progress and self.is_main),
+                   desc=self.cfg.name, dynamic_ncols=True)
+        world = self.accelerator.num_processes
+        while self.step < end:
+            self.stage_index = self._stage_at(self.step)
+            stage = tc.curriculum[self.stage_index]
+            stage_end = sum(s.steps for s in tc.curriculum[: self.stage_index + 1])
+            resume_batches = self.stage_batches if self.step > stage_end - stage.steps else 0
+            stream = BatchStream(stage_dataset(self.cfg.data, stage), self.cfg.data,
+                                 stage.batch_size or tc.batch_size, seed=self.cfg.seed + self.stage_index,
+                                 start_batch=resume_batches,
+                                 rank=self.accelerator.process_index, world_size=world)
+            meter = ThroughputMeter(self._flops_per_image(stream),
+                                    device_peak_flops(self.device), num_devices=world,
+                                    window=tc.log_every)
+            bar.set_postfix_str(f"stage {self.stage_index + 1}/{len(tc.curriculum)} @ {stage.resolution}px")
+            while self.step < min(stage_end, end):
+                rec = self.train_step(stream)
+                meter.update(rec.pop("_images") * world, rec.pop("_seconds"), rec.pop("_data_seconds"))
+                rec.update(stage=self.stage_index, resolution=stage.resolution)
+                bar.update(1)
+                last_of_stage = self.step == stage_end
+                if self.step % tc.log_every == 0 or last_of_stage or rec["skipped"]:
+                    rec.update({k: v for k, v in meter.summary().items() if v is not None})
+                    bar.set_postfix(loss=f"{rec['loss_ema'] or float('nan'):.4f}",
+                                    gnorm=f"{rec['grad_norm']:.2f}", img_s=f"{meter.images_per_s:.0f}")
+                    if tc.validate_every and self.step % tc.validate_every == 0:
+                        rec.update(self.validate(stage.resolution))
+                    self._log(rec, log_path, writer)
+                if self.step % tc.checkpoint_every == 0 or last_of_stage:
+                    self.save()
+            self.stage_batches = 0 if self.step == stage_end else self.stage_batches
+        bar.close()
+        if self.step >= self.total_steps:
+            self.finish(writer, log_path)
+        if writer is not None:
+            writer.close()
+        self.text.save_cache()
+        return self.history
+
+    def _log(self, rec: dict, log_path: Path, writer) -> None:
+        self.history.append(rec)
+        if not self.is_main:
+            return
+        with open(log_path, "a") as f:
+            f.write(json.dumps({k: v for k, v in rec.items() if v is None or not isinstance(v, float)
+                                or math.isfinite(v)}) + "\n")
+        for k, v in rec.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
+                writer.add_scalar(k, v, rec["step"])
+
+    def finish(self, writer, log_path: Path) -> None:
+        """Final validation (EMA and raw weights), export in diffusers format, a sample grid."""
+        if not self.is_main:
+            return
+        res = self.cfg.train.curriculum[-1].resolution
+        final = {"step": self.step, "final": True}
+        if self.validator is not None:
+            final.update(self.validate(res))
+            raw = self.validator.run(self._raw_sample_fn(res), step=self.step, out_dir=None)
+            final.update({f"val_raw/{k}": v for k, v in raw.items() if isinstance(v, (int, float))})
+            self._log(final, log_path, writer)
+        ckpt.export_final(self.run_dir, self.raw_unet, self.ema.shadow, to_dict(self.cfg),
+                          self.noise_scheduler)
+
+    def _raw_sample_fn(self, resolution: int):
+        d = self.cfg.diffusion
+
+        def fn(prompts, seed):
+            return sample(self.raw_unet, self.text, prompts, resolution, self.noise_scheduler,
+                          sampler=d.sampler, steps=d.sample_steps, guidance_scale=d.guidance_scale,
+                          guidance_rescale=d.guidance_rescale, seed=seed)
+        return fn
