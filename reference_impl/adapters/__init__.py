@@ -1,0 +1,1 @@
+"""Adapters: small trainable add-ons to a frozen model (LoRA for a brand's look)."""
