@@ -21,6 +21,7 @@ from reference_impl.distributed.allreduce import (
     ring_bytes_formula,
     ring_bytes_sent,
     ring_schedule,
+    schedule_matrix,
     simulate_ring_all_reduce,
 )
 
@@ -170,6 +171,11 @@ def test_simulation_keeps_2d_shape_and_formula():
     assert sent == [ring_bytes_formula(3 * 8 * 4, n)] * n  # 24 elements split evenly
     text = format_schedule(messages)
     assert text.count("step") == 2 * (n - 1) and "r3->r0: c3" in text
+    grid = schedule_matrix(messages, n)
+    assert grid.shape == (2 * (n - 1), n)
+    # every step, the N links carry N different chunks: no link idles
+    assert all(sorted(row.tolist()) == list(range(n)) for row in grid)
+    assert grid[0].tolist() == [0, 1, 2, 3] and grid[n - 1].tolist() == [1, 2, 3, 0]
 
 
 def test_after_reduce_scatter_rank_r_owns_chunk_r_plus_1():

@@ -119,6 +119,8 @@ def ring_all_reduce(tensor: torch.Tensor, group: dist.ProcessGroup | None = None
     if not dist.is_initialized():
         return 0
     n, rank = dist.get_world_size(group), dist.get_rank(group)
+    if rank < 0:
+        raise ValueError("this process is not a member of the group it was asked to reduce over")
     if n == 1:
         return 0
     # send/recv address global ranks; translate our neighbours' group ranks.
@@ -202,6 +204,20 @@ def format_schedule(messages: list[RingMessage]) -> str:
             lines.append(f"{m.phase:>14} step {m.step}:")
         lines[-1] += f"  r{m.src}->r{m.dst}: c{m.chunk}"
     return "\n".join(lines)
+
+
+def schedule_matrix(messages: list[RingMessage], world_size: int) -> torch.Tensor:
+    """``(2(N-1), N)`` integer tensor: entry ``[t, r]`` is the chunk rank ``r`` sends at step ``t``.
+
+    Ready for ``plt.imshow``. Each row is a permutation of ``0..N-1``: at every step all ``N``
+    links carry a different chunk, which is why no link idles and none is a bottleneck.
+    """
+    steps = max(2 * (world_size - 1), 0)
+    grid = torch.full((steps, world_size), -1, dtype=torch.long)
+    offset = {REDUCE_SCATTER: 0, ALL_GATHER: world_size - 1}
+    for m in messages:
+        grid[offset[m.phase] + m.step, m.src] = m.chunk
+    return grid
 
 
 def _global_rank(group: dist.ProcessGroup | None, group_rank: int) -> int:
