@@ -117,13 +117,13 @@ def score(nb, status: list[dict], source, release) -> tuple[dict, list[str], lis
         gid = nbu.grade_id(cell)
         if cell.cell_type == "code" and any(o.get("output_type") == "stream" and
                                             o.get("name") == "stderr" for o in cell.outputs):
-            notes.append(f"{gid or f'cell {i}'} wrote to stderr")
+            notes.append(f"{gid or f'extra cell {i}'} wrote to stderr")
         if st.get("status") == "timeout":
-            notes.append(f"{gid or f'cell {i}'} timed out")
+            notes.append(f"{gid or f'extra cell {i}'} timed out")
         elif st.get("status") == "error" and ag.get("origin") == "student":
-            notes.append(f"{gid or f'cell {i}'} raised {st.get('ename')}")
+            notes.append(f"{gid or f'extra cell {i}'} raised {st.get('ename')}")
         if st.get("ename") == "DeadKernelError":
-            notes.append(f"the kernel died in {gid or f'cell {i}'}: later cells did not run")
+            notes.append(f"the kernel died in {gid or f'extra cell {i}'}: later cells did not run")
         if st.get("reason"):
             notes.append(st["reason"])
         if not gid or not (nbu.is_test(cell) or nbu.is_autograded_answer(cell) or nbu.is_manual(cell)):
