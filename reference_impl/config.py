@@ -184,6 +184,8 @@ def _check_rules(key: str, value, rules: dict):
     if "choices" in rules and value not in rules["choices"]:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(rules['choices'])}")
     lo, hi = rules.get("min"), rules.get("max")
+    if value is None:
+        return
     if lo is not None and value < lo or hi is not None and value > hi:
         raise ConfigError(f"{key}={value!r} is out of range; allowed: [{lo}, {hi}]")
     if "probs" in rules:

@@ -278,7 +278,10 @@ class Trainer:
                     if tc.validate_every and self.step % tc.validate_every == 0:
                         rec.update(self.validate(stage.resolution))
                     self._log(rec, log_path, writer)
-                if self.step % tc.checkpoint_every == 0 or last_of_stage:
+                # never checkpoint in the middle of a run of non-finite steps: the last
+                # checkpoint must be a good one
+                if (self.step % tc.checkpoint_every == 0 or last_of_stage) \
+                        and self.health.bad_in_a_row == 0:
                     self.save()
             self.stage_batches = 0 if self.step == stage_end else self.stage_batches
         bar.close()
