@@ -34,3 +34,20 @@ lint: venv
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---- course machinery (autograder/README.md) --------------------------------------------
+SUBMISSIONS ?= submissions
+GRADES      ?= grades
+JOBS        ?= 2
+
+# Regenerate the nbgrader release (assignments/) from the source (solutions/).
+release: venv
+	$(PY) -m autograder release
+
+# Grade SUBMISSIONS/<student>/<assignment>/<notebook>.ipynb in bubblewrap sandboxes.
+grade: venv
+	$(PY) -m autograder grade $(SUBMISSIONS) --out $(GRADES) --jobs $(JOBS)
+
+# Execute every lecture (COURSE_FAST=1 for the quick version) into runs/lectures/.
+lectures: venv
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --output-dir runs/lectures lectures/*.ipynb

@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     m.add_argument("--cell", required=True, help="grade_id of the manually graded cell")
     m.add_argument("--points", type=float, required=True)
     m.add_argument("--course", type=Path, default=REPO)
+    m.add_argument("--override", action="store_true",
+                   help="also allow setting an autograded test cell (after reviewing a flag)")
     args = p.parse_args(argv)
 
     if args.cmd == "release":
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
     if args.cmd == "manual":
         try:
             batch.enter_manual(args.out, args.course, args.student, args.assignment, args.cell,
-                               args.points)
+                               args.points, args.override)
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -65,7 +65,7 @@ def assemble(source, submission, release) -> tuple[object, list[str], list[str]]
             if new.metadata["autograder"]["origin"] == "student":
                 reasons = scan_source(new.source)
                 if reasons:
-                    flags.append(f"{gid or 'extra cell'}: {', '.join(reasons)}")
+                    flags.append(f"{gid or f'extra cell {len(cells)}'}: {', '.join(reasons)}")
                     new.source = neutralise(new.source, reasons)
         cells.append(new)
     # Re-add missing source cells after the previous source cell present.
@@ -120,7 +120,8 @@ def score(nb, status: list[dict], source, release) -> tuple[dict, list[str], lis
             notes.append(f"{gid or f'extra cell {i}'} wrote to stderr")
         if st.get("status") == "timeout":
             notes.append(f"{gid or f'extra cell {i}'} timed out")
-        elif st.get("status") == "error" and ag.get("origin") == "student":
+        elif st.get("status") == "error" and ag.get("origin") == "student" and \
+                st.get("ename") != "DeadKernelError":
             notes.append(f"{gid or f'extra cell {i}'} raised {st.get('ename')}")
         if st.get("ename") == "DeadKernelError":
             notes.append(f"the kernel died in {gid or f'extra cell {i}'}: later cells did not run")
@@ -185,6 +186,17 @@ def grade_one(job: dict) -> dict:
                 notes=pre_notes + notes + notes2, cells=cells)
 
 
+MAX_TEXT = 20_000  # characters of one output kept for the feedback
+
+
+def _truncate(o: dict) -> dict:
+    o = dict(o)
+    for key in ("text",):
+        if isinstance(o.get(key), str) and len(o[key]) > MAX_TEXT:
+            o[key] = o[key][:MAX_TEXT] + "\n[output truncated by the autograder]\n"
+    return o
+
+
 def _feedback_cell(cell, st: dict) -> dict:
     """What the feedback may show of a cell: test cells only as the release shows them."""
     gid = nbu.grade_id(cell)
@@ -196,7 +208,7 @@ def _feedback_cell(cell, st: dict) -> dict:
     else:
         out["source"] = cell.source
         out["hidden"] = []
-    out["outputs"] = [dict(o) for o in cell.get("outputs", [])]
+    out["outputs"] = [_truncate(o) for o in cell.get("outputs", [])]
     return out
 
 

@@ -58,8 +58,8 @@ def _outputs(cell: dict, hidden: list[str]) -> str:
 def render(student: str, assignment: str, graded: list[dict], row: dict) -> str:
     """The whole page. ``graded``: driver results, one per notebook."""
     body = [f"<h1>{html.escape(assignment)}: feedback for {html.escape(student)}</h1>",
-            f"<p>Autograded total: <b>{row['total']:g}</b> of {row['max_auto']:g}"
-            f" (manual parts: {row['manual_status']})</p>"]
+            (f"<p>Total so far: <b>{row['total']:g}</b> of {row['max_total']:g}"
+             f" ({row['max_auto']:g} autograded; manual parts: {row['manual_status']})</p>")]
     for key in ("flags", "notes"):
         if row[key]:
             body.append(f"<h3>{key}</h3><ul>" + "".join(

@@ -12,8 +12,8 @@ from pathlib import Path
 import nbformat
 
 HIDDEN = re.compile(r"^[ \t]*#*[ \t]*### BEGIN HIDDEN TESTS.*?^[ \t]*#*[ \t]*### END HIDDEN TESTS[^\n]*\n?",
-                    re.S | re.M)
-SOLUTION = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[^\n]*\n?", re.M)
+                    re.DOTALL | re.MULTILINE)
+SOLUTION = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[^\n]*\n?", re.MULTILINE)
 
 
 def meta(cell) -> dict:

@@ -91,7 +91,7 @@ def check_sandbox() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             cmd = bwrap_command(Path(tmp), [sys.executable, "-c", "print('ok')"], Limits())
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise SandboxUnavailable(f"bwrap failed to start: {e}") from e
     if out.returncode != 0 or out.stdout.strip() != "ok":
