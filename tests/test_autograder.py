@@ -305,6 +305,7 @@ def test_scan_flags_known_bypasses():
     assert scan_source(honest) == []
 
 
+@needs_bwrap
 def test_sandbox_command_has_no_network_and_limits(tmp_path):
     cmd = bwrap_command(tmp_path, ["python"], Limits(cpu_seconds=7, memory_mb=100))
     assert cmd[:3] == ["prlimit", "--cpu=7", f"--as={100 * 2**20}"]
@@ -320,6 +321,18 @@ def test_refuses_to_run_unsandboxed_without_the_flag(tmp_path):
                            "--out", str(tmp_path / "out")], cwd=REPO, env=env,
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "--unsafe-no-sandbox" in proc.stderr
+
+
+def test_unsafe_mode_is_explicit_and_recorded(tmp_path):
+    (tmp_path / "subs" / "bob" / "ema").mkdir(parents=True)
+    shutil.copy(RELEASE, tmp_path / "subs" / "bob" / "ema" / "ema.ipynb")
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", str(tmp_path / "subs"),
+                           "--out", str(tmp_path / "out"), "--unsafe-no-sandbox"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0 and "WITHOUT a sandbox" in proc.stderr
+    with open(tmp_path / "out" / "grades.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert row["sandbox"] == "NONE (--unsafe-no-sandbox)" and float(row["total"]) == 0
 
 
 def test_release_is_fresh():
