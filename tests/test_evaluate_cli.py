@@ -1,5 +1,4 @@
 """The real CLI: ``python -m reference_impl evaluate`` and ``report``, as subprocesses."""
-import importlib.util
 import json
 import math
 import subprocess
@@ -54,16 +53,44 @@ def test_evaluate_a_png_folder_with_metadata(tmp_path):
     assert out["brightness"]["frac_dark"] > 0.2
 
 
-def test_bad_input_fails_with_a_clear_message(tmp_path):
-    proc = cli("evaluate", "--images", tmp_path / "missing.pt")
-    assert proc.returncode == 2 and "error:" in proc.stdout
 
 
-@pytest.mark.skipif(importlib.util.find_spec("reference_impl.diffusion.sampling") is not None,
-                    reason="the pre-training engine is present")
-def test_checkpoint_without_engine_says_so(tmp_path):
-    proc = cli("evaluate", "--checkpoint", tmp_path)
-    assert proc.returncode == 2 and "needs the pre-training engine" in proc.stdout
+def run_in_process(argv, capsys):
+    from reference_impl.cli import build_parser
+    from reference_impl.evaluation import commands
+
+    rc = commands.main(build_parser().parse_args(argv))
+    return rc, capsys.readouterr().out
+
+
+def test_bad_input_fails_with_a_clear_message(tmp_path, capsys):
+    rc, out = run_in_process(["evaluate", "--images", str(tmp_path / "missing.pt")], capsys)
+    assert rc == 2 and "must be a folder of images or a .pt file" in out
+    torch.save({"pictures": torch.zeros(2, 3, 8, 8)}, tmp_path / "bad.pt")
+    rc, out = run_in_process(["evaluate", "--images", str(tmp_path / "bad.pt")], capsys)
+    assert rc == 2 and "'images'" in out
+
+
+def test_checkpoint_is_sampled_on_the_validation_prompts(tmp_path, monkeypatch, capsys):
+    import reference_impl.diffusion.sampling as sampling
+
+    calls = []
+
+    def fake_sample_checkpoint(checkpoint_dir, prompts, seed):
+        calls.append((checkpoint_dir, list(prompts), seed))
+        return real_images(prompts, len(prompts), 16, seed=seed)
+
+    monkeypatch.setattr(sampling, "sample_checkpoint", fake_sample_checkpoint)
+    rc, out = run_in_process(["evaluate", "--checkpoint", str(tmp_path), "--num-samples", "12",
+                              "--seed", "4", "--reference", "50", "--json"], capsys)
+    assert rc == 0 and calls == [(tmp_path, validation_prompts(12), 4)]
+    assert json.loads(out.splitlines()[-1])["prompt_accuracy"]["all_correct"] == 1.0
+
+
+def test_checkpoint_without_engine_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "reference_impl.diffusion.sampling", None)  # import fails
+    rc, out = run_in_process(["evaluate", "--checkpoint", str(tmp_path)], capsys)
+    assert rc == 2 and "needs the pre-training engine" in out
 
 
 def test_report_writes_figures(tmp_path):
@@ -76,13 +103,16 @@ def test_report_writes_figures(tmp_path):
             if step % 50 == 0:
                 row.update({"val/fid": 50 * math.exp(-step / 80), "val/prompt_acc": step / 200})
             f.write(json.dumps(row) + "\n")
-    names = {p.name for p in plot_run(run)}
-    assert names == {"loss.png", "grad_norm.png", "lr.png", "fid.png", "prompt_acc.png",
-                     "overview.png"}
+    proc = cli("report", run)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = {"loss.png", "grad_norm.png", "lr.png", "fid.png", "prompt_acc.png", "overview.png"}
+    assert {p.split("/")[-1] for p in proc.stdout.split()} == names
     assert all((run / "figures" / n).stat().st_size > 3000 for n in names)
 
-    (run / "figures" / "fid.png").unlink()
-    proc = cli("report", run)
-    assert proc.returncode == 0 and (run / "figures" / "fid.png").is_file()
-    (run / "metrics.jsonl").write_text('{"loss": 1}\n')
-    assert cli("report", run).returncode == 2
+
+def test_report_rejects_a_malformed_metrics_file(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1}\n{"loss": 1}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: .* 'step'"):
+        plot_run(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        plot_run(tmp_path / "nowhere")

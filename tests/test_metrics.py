@@ -128,12 +128,14 @@ def test_validator_run_measures_and_saves_a_grid(probe, tmp_path):
     first = val.run(perfect, step=100, out_dir=tmp_path)
     second = val.run(perfect, step=200)
     assert seeds == [1, 1], "the same seed every call"
-    assert first["val/prompt_acc"] == 1.0 and first["step"] == 100
-    assert first["val/fid_n"] == 24 and first["val/fid_n_reference"] == 240
-    assert first["val/fid"] == second["val/fid"]
+    assert first["prompt_acc"] == 1.0 and first["step"] == 100
+    assert first["fid_n"] == 24 and first["fid_n_reference"] == 240
+    assert first["fid"] == second["fid"]
     assert (tmp_path / "val_0000100.png").stat().st_size > 1000
 
     noise = val.run(lambda p, s: torch.rand(len(p), 3, 32, 32) * 2 - 1, step=0)
-    assert noise["val/fid"] > 10 * first["val/fid"] and noise["val/prompt_acc"] < 0.1
+    assert noise["fid"] > 10 * first["fid"] and noise["prompt_acc"] < 0.1
+    one = Validator(probe, 32, num_prompts=1, num_reference=20).run(perfect, step=0)
+    assert one["fid"] is None and one["prompt_acc"] == 1.0
     with pytest.raises(ValueError, match="sample_fn must return"):
         val.run(lambda p, s: torch.zeros(3, 3, 32, 32), step=0)

@@ -183,7 +183,7 @@ def corruption_curve(probe, images: torch.Tensor, reference: torch.Tensor,
     return out
 
 
-def plot_corruption_curve(curve: dict[str, list[dict]], path) -> None:
+def plot_corruption_curve(curve: dict[str, list[dict]], path, title: str | None = None) -> None:
     """Save the corruption curve as a PNG: one panel per kind of damage."""
     import matplotlib
 
@@ -199,6 +199,8 @@ def plot_corruption_curve(curve: dict[str, list[dict]], path) -> None:
         n1, n2 = points[0]["n1"], points[0]["n2"]
         ax.set_title(f"{kind}: N = {n1} vs {n2}")
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

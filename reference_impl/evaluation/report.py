@@ -17,8 +17,9 @@ PANELS = {
     "loss": (("loss", "loss_ema"), "training loss", True),
     "grad_norm": (("grad_norm",), "gradient norm (before clipping)", True),
     "lr": (("lr",), "learning rate", False),
-    "fid": (("val/fid",), FID_NAME, False),
-    "prompt_acc": (("val/prompt_acc",), "prompt accuracy (all attributes correct)", False),
+    # val/ is the EMA model, val_raw/ the raw weights (the EMA lecture compares them)
+    "fid": (("val/fid", "val_raw/fid"), FID_NAME, False),
+    "prompt_acc": (("val/prompt_acc", "val_raw/prompt_acc"), "prompt accuracy (all correct)", False),
 }
 
 
@@ -63,7 +64,7 @@ def _draw(ax, rows, keys, ylabel, log) -> bool:
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
+        if sum(bool(series(rows, k)[0]) for k in keys) > 1:
             ax.legend()
     return drawn
 

@@ -22,7 +22,7 @@ import torch
 from ..data.captions import parse_caption, prompt
 from ..data.shapes import LAYOUTS, make_scene, render
 from ..data.vocab import BACKGROUND_LEVEL, BACKGROUNDS, COLOURS, COUNT_WORDS, KINDS, SIZE_RADIUS, SIZES
-from .fid import FeatureStats, fid
+from .fid import NAME, FeatureStats, fid
 from .metrics import brightness_stats, prompt_accuracy
 
 SampleFn = Callable[[list[str], int], torch.Tensor]  # (prompts, seed) -> (B, 3, H, W) in [-1, 1]
@@ -74,8 +74,9 @@ class Validator:
 
     def __init__(self, probe, resolution: int, num_prompts: int = 72, seed: int = 0,
                  num_reference: int = 720):
-        if num_prompts < 2 or num_reference < 2:
-            raise ValueError("the validator needs at least 2 prompts and 2 reference images")
+        if num_prompts < 1 or num_reference < 2:
+            raise ValueError(f"the validator needs >= 1 prompt and >= 2 reference images, got "
+                             f"{num_prompts} and {num_reference}")
         self.probe, self.resolution, self.seed = probe, resolution, seed
         self.prompts = validation_prompts(num_prompts)
         self.reference_images = real_images(self.prompts, num_reference, resolution, seed)
@@ -84,29 +85,36 @@ class Validator:
         self.reference_brightness = brightness_stats(self.reference_images)
 
     def measure(self, images: torch.Tensor) -> dict:
-        """The validation numbers of images made from ``self.prompts``, flat 'val/...' keys."""
+        """The validation numbers of images made from ``self.prompts``, as a flat dict.
+
+        Keys: fid (None below 2 samples), fid_n, fid_n_reference, fid_name, prompt_acc (all
+        attributes correct), prompt_acc/<attr>, brightness/<stat>. The trainer prefixes them
+        ('val/' for the EMA model, 'val_raw/' for the raw weights).
+        """
         if images.ndim != 4 or images.shape[:2] != (len(self.prompts), 3):
             raise ValueError(f"sample_fn must return ({len(self.prompts)}, 3, H, W) images for "
                              f"{len(self.prompts)} prompts, got {tuple(images.shape)}")
         if not torch.isfinite(images).all():
             raise ValueError("sample_fn returned NaN or inf pixels")
         images = images.detach().float().cpu().clamp(-1, 1)
-        r = fid(self.probe.features(images), self.reference_stats)
+        fid_value = None
+        if len(images) >= 2:  # a covariance needs two samples
+            fid_value = fid(self.probe.features(images), self.reference_stats).value
         acc = prompt_accuracy(self.probe.predict(images), self.prompts)
         bright = brightness_stats(images)
-        out = {"val/fid": r.value, "val/fid_n": r.n1, "val/fid_n_reference": r.n2,
-               "val/fid_name": r.name, "val/prompt_acc": acc["all_correct"]}
-        out.update({f"val/prompt_acc/{a}": v for a, v in acc.items() if a not in ("all_correct", "n")})
-        out.update({f"val/brightness/{k}": v for k, v in bright.items() if k != "histogram"})
+        out = {"fid": fid_value, "fid_n": len(images), "fid_n_reference": self.reference_stats.n,
+               "fid_name": NAME, "prompt_acc": acc["all_correct"]}
+        out.update({f"prompt_acc/{a}": v for a, v in acc.items() if a not in ("all_correct", "n")})
+        out.update({f"brightness/{k}": v for k, v in bright.items() if k != "histogram"})
         return out
 
     def run(self, sample_fn: SampleFn, step: int, out_dir: str | Path | None = None) -> dict:
-        """Sample the prompts with the fixed seed, measure, save a grid. Returns {'step', 'val/...'}."""
+        """Sample the prompts with the fixed seed, measure, save a grid. Returns {'step', ...}."""
         with torch.no_grad():
             images = sample_fn(list(self.prompts), self.seed)
         out = {"step": int(step), **self.measure(images)}
         if out_dir is not None:
-            out["val/grid"] = str(save_grid(images, Path(out_dir) / f"val_{step:07d}.png"))
+            out["grid"] = str(save_grid(images, Path(out_dir) / f"val_{step:07d}.png"))
         return out
 
 
