@@ -42,7 +42,22 @@ def main(args) -> int:
     except TrainingDiverged as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 3
-    final = [r for r in trainer.history if r.get("final")]
-    if final:
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in final[-1].items()})
+    if trainer.is_main and trainer.step >= trainer.total_steps:
+        summarize(trainer)
     return 0
+
+
+def summarize(trainer) -> None:
+    """Figures of the run (loss, grad norm, LR, FID) and the final validation numbers."""
+    from ..evaluation.report import plot_run
+
+    figures = plot_run(trainer.run_dir)
+    final = [r for r in trainer.history if r.get("final")]
+    print(f"figures: {', '.join(str(f) for f in figures)}")
+    if final:
+        r = final[-1]
+        keys = [k for k in r if k.startswith(("val/", "val_raw/")) and isinstance(r[k], float)]
+        width = max(len(k) for k in keys) if keys else 0
+        print("final validation (domain-FID on probe features; prompt accuracy read back by the probe):")
+        for k in sorted(keys):
+            print(f"  {k:<{width}}  {r[k]:.4f}")
