@@ -4,8 +4,13 @@ import math
 import pytest
 import torch
 
-from reference_impl.alignment.dpo import (dpo_loss, dpo_loss_from_mse, pair_batch,
-                                          per_sample_mse, shared_noise_and_timesteps)
+from reference_impl.alignment.dpo import (
+    dpo_loss,
+    dpo_loss_from_mse,
+    pair_batch,
+    per_sample_mse,
+    shared_noise_and_timesteps,
+)
 
 
 def test_loss_is_log2_when_policy_equals_reference():
@@ -29,7 +34,7 @@ def test_matches_hand_computation():
     loss, stats = dpo_loss(model_w, model_l, ref_w, ref_l, target, target, beta=beta)
     # pair 0: (0.01 - 0.02) - (0.05 - 0.01) = -0.05 -> inside = -50 * -0.05 = 2.5
     # pair 1: (0.02 - 0.00) - (0.00 - 0.01) = 0.03 -> inside = -50 * 0.03 = -1.5
-    logsig = lambda z: -math.log1p(math.exp(-z))  # noqa: E731
+    logsig = lambda z: -math.log1p(math.exp(-z))
     expected = -(logsig(2.5) + logsig(-1.5)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert stats["implicit_acc"] == 0.5

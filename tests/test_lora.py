@@ -1,11 +1,18 @@
 """LoRA (adapters/lora.py): the hand-written layer against peft, and the peft/diffusers plumbing."""
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
-from reference_impl.adapters.lora import (LoRALinear, adapter_size_mb, add_lora, load_lora,
-                                          lora_parameter_count, merge_lora, save_lora,
-                                          unmerge_lora)
+from reference_impl.adapters.lora import (
+    LoRALinear,
+    adapter_size_mb,
+    add_lora,
+    load_lora,
+    lora_parameter_count,
+    merge_lora,
+    save_lora,
+    unmerge_lora,
+)
 
 
 def tiny_unet():

@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 # The attention projections of diffusers' Attention blocks (self- and cross-attention):
 # what the diffusers LoRA training examples adapt.
@@ -61,7 +61,7 @@ def _targeted(name: str, targets) -> bool:
 
 
 def lora_parameter_count(model: nn.Module, rank: int, target_modules=ATTENTION_TARGETS) -> int:
-    """r * (d_in + d_out) summed over the targeted Linear layers (works before or after add_lora)."""
+    """r * (d_in + d_out) summed over the targeted Linear layers (before or after add_lora)."""
     total = 0
     for name, module in model.named_modules():
         if not _targeted(name, target_modules):
@@ -91,8 +91,8 @@ def trainable_stats(model: nn.Module) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     size = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return dict(trainable=trainable, total=total, fraction=trainable / total,
-                trainable_mb=size / 2**20)
+    return {"trainable": trainable, "total": total, "fraction": trainable / total,
+            "trainable_mb": size / 2**20}
 
 
 def add_lora(unet: nn.Module, rank: int, alpha: float | None = None,
@@ -120,7 +120,8 @@ def save_lora(unet: nn.Module, directory: str | Path, adapter_name: str = "defau
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
+    peft_state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    state = convert_state_dict_to_diffusers(peft_state)
     meta = unet.peft_config[adapter_name].to_dict()
     meta = {k: list(v) if isinstance(v, set) else v for k, v in meta.items()}
     StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=state,

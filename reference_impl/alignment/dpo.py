@@ -60,14 +60,14 @@ def dpo_loss_from_mse(model_mse_w: torch.Tensor, model_mse_l: torch.Tensor,
     reward_l = -0.5 * beta * (model_mse_l - ref_mse_l)
     inside = reward_w - reward_l
     loss = -F.logsigmoid(inside).mean()
-    stats = dict(
-        implicit_acc=(inside > 0).float().mean().item(),
-        reward_w=reward_w.mean().item(),
-        reward_l=reward_l.mean().item(),
-        reward_margin=inside.mean().item(),
-        model_mse=0.5 * (model_mse_w.mean() + model_mse_l.mean()).item(),
-        ref_mse=0.5 * (ref_mse_w.mean() + ref_mse_l.mean()).item(),
-    )
+    stats = {
+        "implicit_acc": (inside > 0).float().mean().item(),
+        "reward_w": reward_w.mean().item(),
+        "reward_l": reward_l.mean().item(),
+        "reward_margin": inside.mean().item(),
+        "model_mse": 0.5 * (model_mse_w.mean() + model_mse_l.mean()).item(),
+        "ref_mse": 0.5 * (ref_mse_w.mean() + ref_mse_l.mean()).item(),
+    }
     return loss, stats
 
 

@@ -25,12 +25,20 @@ import json
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.captions import rich_caption
-from ..data.shapes import (BLUR_RANGE, LABEL_KEYS, NOISE_RANGE, OFFSET_RANGE, WorldConfig,
-                           labels, render, sample_scene)
+from ..data.shapes import (
+    BLUR_RANGE,
+    LABEL_KEYS,
+    NOISE_RANGE,
+    OFFSET_RANGE,
+    WorldConfig,
+    labels,
+    render,
+    sample_scene,
+)
 from ..data.vocab import ATTRIBUTES
 from ..paths import cache_dir
 
@@ -44,16 +52,16 @@ class CaptionerConfig:
 
     world_seed: int = 20_000  # the curation world: not the web (0) nor the probe's
     start: int = 0  # training scenes are [start, start + num_train) of that world
-    num_train: int = 12_000
+    num_train: int = 8_000
     resolution: int = 32
     unsafe_fraction: float = 0.2  # generous, so the hazard sign is learned
     brand_fraction: float = 0.2
     hq_fraction: float = 0.4  # mostly degraded images: the captioner must read web images
-    width: int = 32
+    width: int = 16
     feature_dim: int = 128
-    epochs: int = 4
+    epochs: int = 10
     batch_size: int = 128
-    lr: float = 3e-3
+    lr: float = 5e-3
     seed: int = 0
 
     def world(self) -> WorldConfig:
@@ -234,7 +242,7 @@ class VLMCaptioner:
         """images (B, 3, H, W) in [-1, 1] -> B strings."""
         x = to_net_input(images, images.shape[-1])
         pixels = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # what processors expect
-        kwargs = dict(images=list(pixels), return_tensors="pt")
+        kwargs = {"images": list(pixels), "return_tensors": "pt"}
         if self.prompt is not None:
             kwargs["text"] = [self.prompt] * len(pixels)
         inputs = self.processor(**kwargs).to(self.device)
