@@ -22,7 +22,7 @@ def cached_probe():
 
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "reference_impl", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def last_json(proc):
@@ -72,7 +72,7 @@ def test_bad_input_fails_with_a_clear_message(tmp_path, capsys):
 
 
 def test_checkpoint_is_sampled_on_the_validation_prompts(tmp_path, monkeypatch, capsys):
-    import reference_impl.diffusion.sampling as sampling
+    from reference_impl.diffusion import sampling
 
     calls = []
 

@@ -8,9 +8,14 @@ import torch
 from reference_impl.data.captions import parse_caption
 from reference_impl.data.shapes import make_scene, render
 from reference_impl.data.vocab import BACKGROUNDS, COLOURS, KINDS
-from reference_impl.evaluation.metrics import (brightness_stats, class_proportions, diversity,
-                                               evaluate_images, prompt_accuracy,
-                                               sharpness_contrast)
+from reference_impl.evaluation.metrics import (
+    brightness_stats,
+    class_proportions,
+    diversity,
+    evaluate_images,
+    prompt_accuracy,
+    sharpness_contrast,
+)
 from reference_impl.evaluation.probe import get_probe
 from reference_impl.evaluation.validation import Validator, validation_prompts
 

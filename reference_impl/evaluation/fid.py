@@ -16,6 +16,7 @@ sizes and reading it at 1/N = 0 gives FID_infinity. Always report N alongside an
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -67,23 +68,33 @@ def _as_array(x) -> np.ndarray:
     return x
 
 
+def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Principal square root of a, and whether scipy warned that a is (near) singular."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # recorded here, so it never reaches the user's log
+        root = scipy.linalg.sqrtm(a)
+    return root, any(issubclass(w.category, (scipy.linalg.LinAlgWarning, RuntimeWarning))
+                     for w in caught)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6,
                      max_imag: float = 1e-3) -> float:
     """d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}), Heusel et al. 2017 (1706.08500).
 
     mu: (D,), sigma: (D, D). Float64 throughout. (S1 S2)^{1/2} is the principal square root of
     the product (scipy.linalg.sqrtm); when that product is singular (fewer samples than
-    dimensions) and the root comes back non-finite, both covariances get ``eps * I`` added.
+    dimensions: scipy warns, or the root comes back non-finite), both covariances get
+    ``eps * I`` added, as pytorch-fid does.
     Round-off leaves a small imaginary part: dropped if below ``max_imag`` (relative to the
     trace), an error above it.
     """
     mu1, mu2, s1, s2 = (_as_array(a) for a in (mu1, mu2, sigma1, sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"shape mismatch: mu {mu1.shape} {mu2.shape}, sigma {s1.shape} {s2.shape}")
-    covmean = scipy.linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
+    covmean, singular = _sqrtm(s1 @ s2)
+    if singular or not np.isfinite(covmean).all():
         offset = eps * np.eye(len(mu1))
-        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+        covmean, _ = _sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
         scale = max(1.0, abs(np.trace(s1)) + abs(np.trace(s2)))
         residue = np.abs(covmean.imag).max()

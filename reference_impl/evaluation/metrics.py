@@ -15,7 +15,7 @@ Everything returned is plain Python (JSON-serialisable).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

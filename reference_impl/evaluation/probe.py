@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.shapes import WorldConfig, labels, render, sample_scene
@@ -55,6 +55,14 @@ class ProbeConfig:
     batch_size: int = 128
     lr: float = 3e-3
     seed: int = 0
+
+    def __post_init__(self):
+        if self.heldout_start < self.num_train:
+            raise ValueError(f"held-out scenes start at {self.heldout_start}, inside the "
+                             f"training range [0, {self.num_train})")
+        if self.input_size % 8 or self.width % 8:
+            raise ValueError("input_size and width must be multiples of 8 (three stride-2 "
+                             f"stages, GroupNorm(8)), got {self.input_size} and {self.width}")
 
     def world(self, hq_fraction: float | None = None) -> WorldConfig:
         hq = self.hq_fraction if hq_fraction is None else hq_fraction
@@ -216,8 +224,8 @@ def _train(cfg: ProbeConfig, progress: bool) -> Probe:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
     probe.eval()
-    probe.report = {"heldout_accuracy": heldout_report(probe),
-                    "train_seconds": round(time.perf_counter() - t0, 1),
+    seconds = round(time.perf_counter() - t0, 1)  # rendering + training, not the held-out check
+    probe.report = {"heldout_accuracy": heldout_report(probe), "train_seconds": seconds,
                     "torch_threads": torch.get_num_threads(), "config": dataclasses.asdict(cfg)}
     return probe
 

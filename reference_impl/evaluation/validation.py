@@ -13,15 +13,23 @@ prompts are every (kind, colour, background) combination exactly once.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..data.captions import parse_caption, prompt
 from ..data.shapes import LAYOUTS, make_scene, render
-from ..data.vocab import BACKGROUND_LEVEL, BACKGROUNDS, COLOURS, COUNT_WORDS, KINDS, SIZE_RADIUS, SIZES
+from ..data.vocab import (
+    BACKGROUND_LEVEL,
+    BACKGROUNDS,
+    COLOURS,
+    COUNT_WORDS,
+    KINDS,
+    SIZE_RADIUS,
+    SIZES,
+)
 from .fid import NAME, FeatureStats, fid
 from .metrics import brightness_stats, prompt_accuracy
 
@@ -43,11 +51,13 @@ def real_scene(caption: str, rng: np.random.Generator, index: int = 0) -> dict:
     within the world's ranges (so the real images of a prompt are a distribution, not one
     picture)."""
     asked = parse_caption(caption)
-    pick = lambda key, n: asked[key] if key in asked else int(rng.integers(n))  # noqa: E731
+
+    def pick(key: str, vocab) -> str:  # the word the caption names, else a random one
+        return vocab[asked[key] if key in asked else int(rng.integers(len(vocab)))]
+
     count = asked.get("count", 1 + int(rng.integers(len(COUNT_WORDS))))
-    s = make_scene(KINDS[pick("kind", len(KINDS))], COLOURS[pick("colour", len(COLOURS))],
-                   BACKGROUNDS[pick("background", len(BACKGROUNDS))], count=count,
-                   size=SIZES[pick("size", len(SIZES))], brand=bool(asked.get("style", 0)),
+    s = make_scene(pick("kind", KINDS), pick("colour", COLOURS), pick("background", BACKGROUNDS),
+                   count=count, size=pick("size", SIZES), brand=bool(asked.get("style", 0)),
                    unsafe=bool(asked.get("unsafe", 0)), index=index)
     lo, hi = SIZE_RADIUS[s["size"]]
     s["radius"] = rng.uniform(lo, hi, size=count)
