@@ -82,6 +82,12 @@ def main(argv=None) -> int:
                     wall_seconds=args.wall_seconds)
     records = batch.grade(args.submissions, args.out, args.course, limits, sandbox, args.jobs)
     print(f"graded {len(records)} submissions -> {args.out / 'grades.csv'}")
+    failed = [f"{r['student']}/{r['assignment']}" for r in records
+              if any(g.get("failed") for g in r["graded"])]
+    if failed:  # the grader itself broke (not the student's code): needs a look
+        print(f"error: grading failed for {', '.join(failed)}; see {args.out / 'logs'}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -4,7 +4,8 @@
     OUT/feedback/<student>/<assignment>.html, OUT/manual_grades.csv, OUT/results.json
 
 A driver that crashes or overruns its wall clock costs that student only (score 0 with a
-note); the batch always finishes and exits 0 when every submission got a row.
+note); the batch always finishes; it exits 0 when every submission was graded (1 if the grader
+itself failed for one, which the CSV then shows with 0 points and a note).
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def _run_driver(job: dict, tmp: Path, log: Path) -> dict:
         why = f"grading process failed (exit {proc.returncode}), see {log.name}"
     except subprocess.TimeoutExpired:
         why = "grading process exceeded the wall-clock limit"
-    return dict(notebook=job["notebook"], results={}, flags=[], notes=[why], cells=[])
+    return dict(notebook=job["notebook"], results={}, flags=[], notes=[why], cells=[],
+                failed=True)
 
 
 def grade(submissions: Path, out: Path, course: Path, limits: Limits, sandbox: bool,

@@ -74,6 +74,8 @@ def assemble(source, submission, release) -> tuple[object, list[str], list[str]]
         if gid in seen:
             continue
         src = src_by_id[gid]
+        if gid not in owned:  # a solution cell: the blank release version, never the source's
+            src = nbformat.from_dict(dict(rel_by_id[gid], metadata=dict(src.metadata)))
         new = nbformat.from_dict(dict(src, outputs=[]) if src.cell_type == "code" else dict(src))
         new.metadata["autograder"] = {"origin": "source" if gid in owned else "student"}
         prev = {order[j] for j in range(k)}
@@ -169,15 +171,17 @@ def grade_one(job: dict) -> dict:
                     ignore=shutil.ignore_patterns("*.ipynb", ".ipc"))
     try:
         submission = nbu.read(sub_path)
-    except Exception as e:  # noqa: BLE001 - unreadable JSON, wrong format: grade as blank
-        submission = nbformat.v4.new_notebook()
-        pre_notes = [f"notebook unreadable ({type(e).__name__}): graded as empty"]
+        nbformat.validate(submission)
+    except Exception as e:  # noqa: BLE001 - missing, not JSON, not a notebook: nothing to run
+        pre_notes = [f"notebook missing or unreadable ({type(e).__name__}): 0 points"]
+        nb, flags, notes = assemble(source, nbformat.v4.new_notebook(), release)
+        status = [{"status": "not-run"} for _ in nb.cells]
     else:
         pre_notes = []
-    nb, flags, notes = assemble(source, submission, release)
-    add_canaries(nb)
-    status = run_cells(nb, work, Limits(**job["limits"]), sandbox=job["sandbox"],
-                       extra_env={"COURSE_FAST": "1"})
+        nb, flags, notes = assemble(source, submission, release)
+        add_canaries(nb)
+        status = run_cells(nb, work, Limits(**job["limits"]), sandbox=job["sandbox"],
+                           extra_env={"COURSE_FAST": "1"})
     results, flags2, notes2 = score(nb, status, source, release)
     cells = [_feedback_cell(c, s) for c, s in zip(nb.cells, status)
              if c.metadata.get("autograder", {}).get("origin") != "canary"]

@@ -17,7 +17,8 @@ SOLUTION = re.compile(r"^[ \t]*### (BEGIN|END) SOLUTION[^\n]*\n?", re.MULTILINE)
 
 
 def meta(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+    m = cell.get("metadata", {}).get("nbgrader", {})
+    return m if isinstance(m, dict) else {}
 
 
 def grade_id(cell) -> str | None:

@@ -95,8 +95,9 @@ def planted(course: Path, port: int) -> dict[str, tuple]:
         _cell(nb, gid).source = "pass"
     p["edited_tests"] = (nb, AUTO_MAX - 5)
     nb = solved()
-    nb.cells = [c for c in nb.cells if nbu.grade_id(c) not in ("test_update_simple", "test_measured_ratio")]
-    p["deleted_test"] = (nb, AUTO_MAX)
+    nb.cells = [c for c in nb.cells if nbu.grade_id(c) not in
+                ("test_update_simple", "test_measured_ratio", "variance_impl", "ema_derivation")]
+    p["deleted_cells"] = (nb, AUTO_MAX - 4)  # a deleted solution comes back blank
     p["infinite_loop"] = (_insert_after(solved(), "imports", "while True:\n    pass"), AUTO_MAX)
     p["os_exit"] = (_insert_after(solved(), "test_update_in_place", "import os\nos._exit(1)"),
                     AUTO_MAX)
@@ -147,6 +148,9 @@ def graded(tmp_path_factory):
     for student, (nb, _) in plants.items():
         (subs / student / "ema").mkdir(parents=True)
         nbformat.write(nb, str(subs / student / "ema" / "ema.ipynb"))
+    (subs / "garbage" / "ema").mkdir(parents=True)
+    (subs / "garbage" / "ema" / "ema.ipynb").write_text("{not a notebook")
+    plants["garbage"] = (None, 0.0)
     out = tmp / "out"
     proc = subprocess.run([sys.executable, "-m", "autograder", "grade", str(subs), "--out", str(out),
                            "--course", str(course), "--jobs", "2", "--cell-timeout", "20"],
@@ -170,9 +174,9 @@ def test_every_submission_gets_a_row(graded):
 
 
 @pytest.mark.parametrize("student", ["solution", "blank", "swap_decay", "no_clip", "wrong_ratio",
-                                     "std_ratio", "edited_tests", "deleted_test", "infinite_loop",
+                                     "std_ratio", "edited_tests", "deleted_cells", "infinite_loop",
                                      "os_exit", "kernel_kill", "transformer", "sneaky_transformer",
-                                     "snoop", "noisy"])
+                                     "snoop", "noisy", "garbage"])
 @needs_bwrap
 def test_autograded_score(graded, student):
     """Solution = full marks, blank = 0, each mistake or trick loses exactly its points."""
@@ -196,8 +200,11 @@ def test_edited_and_deleted_test_cells_are_restored(graded):
     rows = graded[2]
     assert rows["edited_tests"]["notes"].count("was edited: restored from the source") == 3
     assert float(rows["edited_tests"]["test_decay_first_steps"]) == 0
-    assert "test_update_simple was missing: re-added" in rows["deleted_test"]["notes"]
-    assert "test_measured_ratio was missing: re-added" in rows["deleted_test"]["notes"]
+    assert "test_update_simple was missing: re-added" in rows["deleted_cells"]["notes"]
+    assert "test_measured_ratio was missing: re-added" in rows["deleted_cells"]["notes"]
+    assert "variance_impl was missing: re-added from the release (blank)" in \
+        rows["deleted_cells"]["notes"]
+    assert float(rows["deleted_cells"]["test_measured_ratio"]) == 0
 
 
 @needs_bwrap
@@ -228,6 +235,12 @@ def test_sandbox_blocks_solutions_and_network(graded):
 
 
 @needs_bwrap
+def test_unreadable_notebook_scores_zero_with_a_note(graded):
+    row = graded[2]["garbage"]
+    assert "unreadable" in row["notes"] and float(row["total"]) == 0
+
+
+@needs_bwrap
 def test_noisy_submission_is_noted(graded):
     notes = graded[2]["noisy"]["notes"]
     assert "wrote to stderr" in notes and "raised ValueError" in notes
@@ -236,14 +249,17 @@ def test_noisy_submission_is_noted(graded):
 @needs_bwrap
 def test_feedback_hides_hidden_tests(graded):
     _, out, _, plants, _ = graded
+    public = "\n".join(c.source for c in nbu.read(RELEASE).cells)
     hidden = [ln for c in nbu.read(SOURCE).cells for ln in nbu.hidden_lines(c.source)
-              if len(ln) >= 12]
+              if len(ln) >= 12 and ln not in public]
     assert hidden
     for student, (nb, _) in plants.items():
-        own = "\n".join(c.source for c in nb.cells)  # a student may write a hidden line too
+        own = "\n".join(c.source for c in nb.cells) if nb else ""  # a student may write one too
         text = html.unescape((out / "feedback" / student / "ema.html").read_text())
         leaks = [ln for ln in hidden if ln in text and ln not in own]
         assert not leaks, (student, leaks[:3])
+        assert "**Rubric" in own or "**Rubric" not in text, student
+        assert "### BEGIN SOLUTION" not in text, student
     page = html.unescape((out / "feedback" / "no_clip" / "ema.html").read_text())
     assert "test_decay_warmup_schedule</b>: 0 / 2 - AssertionError: ema_decay(" in page
 
