@@ -144,6 +144,30 @@ class EvalConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the model is spread over several processes (lecture 04; launch with accelerate or
+    torchrun, see docs/scaling.md). ``ddp``: every rank holds the whole model, gradients are
+    all-reduced. ``fsdp``: parameters, gradients and optimizer state are sharded (ZeRO-3 =
+    ``full_shard``, ZeRO-2 = ``shard_grad_op``; Rajbhandari et al. 2020, arXiv 1910.02054),
+    through accelerate's FullyShardedDataParallelPlugin (FSDP2, ``fully_shard``)."""
+
+    strategy: str = choices("ddp", "fsdp", default="ddp")
+    fsdp_sharding: str = choices("full_shard", "shard_grad_op", default="full_shard")
+    fsdp_min_params: int = bounded(100_000, lo=0)  # submodules above this get their own shard unit
+
+
+@dataclass
+class PerfConfig:
+    """GPU speed knobs. Each is a no-op on CPU, so the ci/laptop presets are unaffected."""
+
+    tf32: bool = False  # TF32 tensor cores for fp32 matmuls/convs (Ampere+; ~10 bits mantissa)
+    channels_last: bool = False  # NHWC memory layout: faster convolutions on tensor cores
+    fused_adamw: bool = False  # one fused CUDA kernel for the AdamW update (CUDA only)
+    sdpa: bool = True  # F.scaled_dot_product_attention (flash / memory-efficient kernels)
+    compile: bool = False  # torch.compile the UNet (minutes of compilation, then faster steps)
+
+
+@dataclass
 class Config:
     """The whole run. Sections are added by later stages of the lifecycle."""
 
@@ -156,6 +180,8 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
 
 def check_consistency(cfg: Config) -> Config:

@@ -20,18 +20,20 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from ..config import Config, to_dict
 from ..data.curriculum import BatchStream, stage_dataset
-from ..diffusion.objectives import (drop_captions, min_snr_weights, per_sample_mse, sample_noise,
+from ..diffusion.objectives import (min_snr_weights, per_sample_mse, sample_noise,
                                     training_target)
 from ..diffusion.sampling import sample
 from ..diffusion.schedule import make_scheduler, snr
 from ..models.text_encoder import TextEncoder
 from ..models.unet import build_unet, count_parameters
 from . import checkpoint as ckpt
+from . import perf
 from .ema import EMA
 from .health import HealthMonitor
 from .throughput import ThroughputMeter, device_peak_flops, training_step_flops
@@ -48,8 +50,30 @@ class Trainer:
         t = cfg.train
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        self.accelerator = Accelerator(mixed_precision=t.mixed_precision)
+        # step_scheduler_with_optimizer=False: our LR schedule counts optimizer steps
+        # (total_steps); accelerate would otherwise step it num_processes times per step,
+        # as if each rank's batch were a step of its own, and finish the cosine too early
+        self.accelerator = Accelerator(mixed_precision=t.mixed_precision,
+                                       fsdp_plugin=perf.fsdp_plugin(cfg.parallel),
+                                       step_scheduler_with_optimizer=False)
         self.device = self.accelerator.device
+        self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        if cfg.parallel.strategy == "fsdp" and not self.fsdp:
+            raise RuntimeError(
+                "parallel.strategy=fsdp: accelerate (1.15) applies FSDP only to multi-GPU launches "
+                f"(this run is {self.accelerator.distributed_type}); use parallel.strategy=ddp on "
+                "the CPU or a single device (docs/scaling.md)")
+        if self.fsdp:
+            # Sharding itself works (accelerate's FSDP2 plugin; distributed/checkpoint.py saves
+            # and reshards sharded state, tested on CPU). What is missing is the trainer's
+            # replicated-model code on top: the EMA deep-copies the model, checkpoints and the
+            # final export are written by rank 0 alone - with shards, rank 0 would save 1/N
+            # of the model. Refuse rather than write broken checkpoints.
+            raise NotImplementedError(
+                "parallel.strategy=fsdp (or an FSDP accelerate config): the trainer's EMA, "
+                "checkpoints and export assume a replicated model; train with DDP "
+                "(parallel.strategy=ddp, accelerate multi_gpu.yaml) - see docs/scaling.md")
+        perf.set_backend_flags(cfg.perf, self.device)
         self.run_dir = Path(cfg.output_dir)
         self.is_main = self.accelerator.is_main_process
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
@@ -60,21 +84,23 @@ class Trainer:
             cfg.model.preset, first_res, self.text.dim,
             **{k: v for k, v in (("block_out_channels", cfg.model.block_out_channels),
                                  ("layers_per_block", cfg.model.layers_per_block)) if v is not None})
+        model = perf.prepare_model(model, cfg.perf, self.device)
         self.noise_scheduler = make_scheduler(cfg.diffusion.beta_schedule,
                                               cfg.diffusion.num_train_timesteps,
                                               cfg.diffusion.prediction_type,
                                               cfg.diffusion.zero_terminal_snr)
         self.total_steps = sum(s.steps for s in t.curriculum)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = perf.make_optimizer(params, t.lr, t.weight_decay, cfg.perf, self.device)
         lr_sched = get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
                                  num_training_steps=self.total_steps)
         self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             model, optimizer, lr_sched)
         self.ema = EMA(self.raw_unet, decay=t.ema_decay, use_warmup=t.ema_warmup, power=t.ema_power)
         self.health = HealthMonitor(spike_z=t.spike_z, max_bad_steps=t.max_bad_steps)
-        rank = self.accelerator.process_index
-        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + rank)  # noise, t, dropout
+        # noise, timesteps and caption dropout: one generator, the same on every rank (see
+        # micro_batch_loss), so a checkpoint's generator state is every rank's state
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + 17)
         self.step, self.stage_index, self.stage_batches = 0, 0, 0
         self.validator = validator
         self.history: list[dict] = []
@@ -144,11 +170,25 @@ class Trainer:
         d = self.cfg.diffusion
         x0 = batch["image"].to(self.device)
         b = x0.shape[0]
-        captions = drop_captions(batch["caption"], d.caption_dropout, self.gen)
+        # Data parallelism that does not change the numbers: every rank draws the randomness
+        # of the *global* batch (world x b samples) from the same generator and keeps rows
+        # rank::world. DistributedSampler deals each global batch out the same way (rank r
+        # holds positions r, r + world, ...), so every image meets the noise, timestep and
+        # caption dropout it would meet in one process with batch world x b, and the
+        # all-reduced mean gradient is that process's gradient up to float rounding. With
+        # one process the slice is everything: the draws are those of a plain loop.
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        gb = b * world
+        keep = [True] * gb  # caption dropout for classifier-free guidance, drawn as drop_captions does
+        if d.caption_dropout > 0:
+            keep = (torch.rand(gb, generator=self.gen) >= d.caption_dropout).tolist()
+        captions = [c if keep[rank + world * j] else "" for j, c in enumerate(batch["caption"])]
         hidden, mask = self.text.encode(captions)
-        noise = sample_noise(x0.shape, d.noise_offset, self.gen).to(self.device)
-        t = torch.randint(0, d.num_train_timesteps, (b,), generator=self.gen).to(self.device)
-        x_t = self.noise_scheduler.add_noise(x0, noise, t)
+        noise = sample_noise((gb, *x0.shape[1:]), d.noise_offset, self.gen)[rank::world]
+        noise = noise.to(self.device)
+        t = torch.randint(0, d.num_train_timesteps, (gb,), generator=self.gen)[rank::world]
+        t = t.to(self.device)
+        x_t = perf.to_layout(self.noise_scheduler.add_noise(x0, noise, t), self.cfg.perf, self.device)
         acp = self.noise_scheduler.alphas_cumprod
         target = training_target(d.prediction_type, x0, noise, acp, t)
         with self.accelerator.autocast():
@@ -188,6 +228,8 @@ class Trainer:
             counts.index_add_(0, b, torch.ones_like(diag["mse"]))
         max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
         grad_norm = float(self.accelerator.clip_grad_norm_(self.unet.parameters(), max_norm))
+        if self.accelerator.num_processes > 1:  # the global batch's loss, the same on all ranks
+            total = float(self.accelerator.reduce(torch.tensor(total, device=self.device), "mean"))
         report = self.health.check(total, grad_norm)
         decay = None
         if report["ok"]:
@@ -289,7 +331,8 @@ class Trainer:
             self.finish(writer, log_path)
         if writer is not None:
             writer.close()
-        self.text.save_cache()
+        if self.is_main:  # one writer for the shared embedding cache file
+            self.text.save_cache()
         return self.history
 
     def _log(self, rec: dict, log_path: Path, writer) -> None:
