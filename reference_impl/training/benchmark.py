@@ -72,6 +72,8 @@ def bench_train(args) -> dict:
         flops_per_image = training_step_flops(lambda: trainer.micro_batch_loss(batch)[0].backward()) / 2
         trainer.optimizer.zero_grad(set_to_none=True)
         ours_t, bare_t = [], []
+        if trainer.device.type == "cuda":  # peak over the timed rounds, both loops resident
+            torch.cuda.reset_peak_memory_stats(trainer.device)
         for i in range(2 + steps):  # the first two rounds warm up allocators and caches
             _sync(trainer.device)
             t0 = time.perf_counter()
@@ -89,6 +91,9 @@ def bench_train(args) -> dict:
         device = trainer.device
         peak = device_peak_flops(device, torch.bfloat16 if cfg.train.mixed_precision == "bf16"
                                  else torch.float32)
+        memory = {}
+        if device.type == "cuda":
+            memory["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 3)
         return {"benchmark": "train", "config": cfg.name, "device": str(device),
                 "model_parameters": count_parameters(trainer.raw_unet),
                 "resolution": stage.resolution, "batch_size": bs, "grad_accum": cfg.train.grad_accum,
@@ -98,4 +103,5 @@ def bench_train(args) -> dict:
                 "ratio": round(bare_s / ours_s, 3),
                 "flops_per_image": flops_per_image,
                 "mfu": mfu(flops_per_image * images, ours_s, peak),
-                "peak_flops": peak}
+                "peak_flops": peak, "mixed_precision": cfg.train.mixed_precision,
+                "compile": cfg.perf.compile, **memory}
