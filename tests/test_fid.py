@@ -89,7 +89,8 @@ def test_fid_infinity_removes_most_of_the_finite_sample_bias():
 def test_fid_is_zero_against_itself_and_grows_with_corruption(probe, tmp_path):
     world = ShapesWorld(WorldConfig(seed=3, hq_fraction=1.0), size=400, resolution=32)
     images = torch.stack([x["image"] for x in world.__getitems__(list(range(400)))])
-    curve = corruption_curve(probe, images, images)
+    levels = {"blur": [0, 1.0, 2.0, 3.0], "noise": [0, 0.2, 0.4, 0.8]}
+    curve = corruption_curve(probe, images, images, levels)
     for kind, points in curve.items():
         fids = [p["fid"] for p in points]
         assert fids[0] < 1e-6, f"{kind}: FID of a set against itself is {fids[0]}"

@@ -116,7 +116,8 @@ def _summary(m: dict) -> list[str]:
                  f"dark {b['frac_dark']:.2f}, bright {b['frac_bright']:.2f}")
     shares = ", ".join(f"{k} {v:.2f}" for k, v in m["class_proportions"]["shares"].items())
     lines.append(f"kinds: {shares} (TV to target {m['class_proportions']['total_variation']:.3f})")
-    lines.append(f"unsafe rate {m['unsafe_rate']:.3f}, diversity {m['diversity']}")
+    div = "n/a" if m["diversity"] is None else f"{m['diversity']:.3f}"
+    lines.append(f"unsafe rate {m['unsafe_rate']:.3f}, diversity (mean feature distance) {div}")
     return lines
 
 

@@ -252,6 +252,10 @@ def get_probe(cfg: ProbeConfig | None = None, device: str | torch.device = "cpu"
         torch.save({"state_dict": probe.state_dict(), "report": json.dumps(probe.report)}, tmp)
         os.replace(tmp, path)
         (path.with_suffix(".json")).write_text(json.dumps(probe.report, indent=1))
+        if progress:
+            for split, acc in probe.report["heldout_accuracy"].items():
+                tqdm.write(f"probe held-out accuracy, {split}: "
+                           + ", ".join(f"{a} {v:.3f}" for a, v in acc.items()))
     probe = probe.to(device).eval()
     for p in probe.parameters():
         p.requires_grad_(False)  # a yardstick, never trained by whoever uses it

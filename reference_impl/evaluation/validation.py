@@ -77,9 +77,12 @@ def real_images(captions: list[str], n: int, resolution: int, seed: int = 0) -> 
 class Validator:
     """Fixed prompts, fixed reference statistics, fixed seed: comparable numbers step to step.
 
-    probe: the evaluation probe (``probe.get_probe()``); resolution: the model's image side.
-    ``num_reference`` real images of the prompts give the FID reference statistics, computed
-    once here and reused by every ``run``.
+    probe: the evaluation probe (``probe.get_probe()``); resolution: the model's final image
+    side. ``num_reference`` real images of the prompts, rendered at that resolution, give the
+    FID reference statistics, computed once here and reused by every ``run``. Samples of
+    another size (an early, low-resolution stage of a curriculum) are measured against the same
+    reference - the probe resizes everything to its input size - so one FID curve spans the
+    whole run, and the low-resolution stages pay for their missing detail.
     """
 
     def __init__(self, probe, resolution: int, num_prompts: int = 72, seed: int = 0,
