@@ -144,3 +144,16 @@ def test_validator_run_measures_and_saves_a_grid(probe, tmp_path):
     assert one["fid"] is None and one["prompt_acc"] == 1.0
     with pytest.raises(ValueError, match="sample_fn must return"):
         val.run(lambda p, s: torch.zeros(3, 3, 32, 32), step=0)
+
+
+def test_kind_colour_background_accuracy_ignores_count_and_size():
+    from reference_impl.evaluation.metrics import prompt_accuracy
+
+    caps = ["two small red circles on a dark background", "one large blue square on a light background"]
+    # right kind/colour/background, wrong count and size for the first; wrong colour for the second
+    pred = {"kind": torch.tensor([0, 1]), "colour": torch.tensor([0, 0]), "background": torch.tensor([0, 2]),
+            "count": torch.tensor([0, 0]), "size": torch.tensor([1, 1]),
+            "style": torch.tensor([0, 0]), "unsafe": torch.tensor([0, 0])}
+    acc = prompt_accuracy(pred, caps)
+    assert acc["kind_colour_background"] == 0.5
+    assert acc["all_correct"] == 0.0

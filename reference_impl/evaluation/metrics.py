@@ -41,6 +41,9 @@ def luma(images: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bchw,c->bhw", x, torch.tensor(LUMA))
 
 
+CORE = ("kind", "colour", "background")
+
+
 def prompt_accuracy(predictions: dict[str, torch.Tensor], captions: list[str]) -> dict:
     """How often the probe's reading agrees with what each caption asked for.
 
@@ -52,7 +55,7 @@ def prompt_accuracy(predictions: dict[str, torch.Tensor], captions: list[str]) -
     if any(len(p) != b for p in predictions.values()):
         raise ValueError(f"{b} captions but predictions for {len(next(iter(predictions.values())))}")
     hits = {a: [] for a in ATTRIBUTES}
-    all_ok = []
+    all_ok, core_ok = [], []
     for i, text in enumerate(captions):
         asked = parse_caption(text)
         if "count" in asked:
@@ -62,8 +65,12 @@ def prompt_accuracy(predictions: dict[str, torch.Tensor], captions: list[str]) -
             hits[a].append(o)
         if ok:
             all_ok.append(all(ok))
+        if all(a in asked for a in CORE):
+            core_ok.append(all(int(predictions[a][i]) == asked[a] for a in CORE))
     out = {a: float(np.mean(h)) for a, h in hits.items() if h}
     out["all_correct"] = float(np.mean(all_ok)) if all_ok else None  # None: nothing was asked
+    # the headline number of the main job: shape, colour and background all read back right
+    out["kind_colour_background"] = float(np.mean(core_ok)) if core_ok else None
     out["n"] = len(all_ok)
     return out
 
