@@ -1,6 +1,8 @@
 """Data-parallel training (DDP over gloo, 2 CPU processes) with the unchanged trainer.
 
-One ``accelerate launch`` of 2 ranks (configs/accelerate/cpu_2proc.yaml) trains the ci preset
+One ``torchrun`` launch of 2 ranks (no accelerate launcher, no ACCELERATE_USE_CPU: the trainer
+must join the gloo process group by itself; ``accelerate launch`` with
+configs/accelerate/cpu_2proc.yaml is run in test_accelerate_configs.py) trains the ci preset
 for a few steps with per-rank batch 4 and gradient accumulation 2; the test process trains the
 same config in one process with batch 8. What must hold:
 
@@ -87,14 +89,14 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO / "reference_impl/configs/accelerate/cpu_2proc.yaml"), __file__, str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           __file__, str(out)]
     try:
         r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"accelerate launch hung: {e.stdout}\n{e.stderr}")
+        pytest.fail(f"torchrun hung: {e.stdout}\n{e.stderr}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ranks = [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
 
@@ -155,5 +157,5 @@ def test_only_rank_zero_writes(runs):
     assert not [p for p in (out / "cache_rank1").rglob("*") if p.is_file()]
 
 
-if __name__ == "__main__":  # an accelerate-launched worker
+if __name__ == "__main__":  # a torchrun worker
     worker(Path(sys.argv[1]))

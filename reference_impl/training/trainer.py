@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -53,9 +54,17 @@ class Trainer:
         # step_scheduler_with_optimizer=False: our LR schedule counts optimizer steps
         # (total_steps); accelerate would otherwise step it num_processes times per step,
         # as if each rank's batch were a step of its own, and finish the cosine too early
+        # Launched by torchrun on a machine without a GPU, accelerate only joins the process
+        # group when told to use the CPU; otherwise every worker trains alone on all the data.
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision,
                                        fsdp_plugin=perf.fsdp_plugin(cfg.parallel),
-                                       step_scheduler_with_optimizer=False)
+                                       step_scheduler_with_optimizer=False,
+                                       cpu=launched > 1 and not torch.cuda.is_available())
+        if self.accelerator.num_processes != launched:
+            raise RuntimeError(f"launched as {launched} processes (WORLD_SIZE) but accelerate "
+                               f"sees {self.accelerator.num_processes}: the workers would not "
+                               "share gradients; see docs/scaling.md for the launch commands")
         self.device = self.accelerator.device
         self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
         if cfg.parallel.strategy == "fsdp" and not self.fsdp:
