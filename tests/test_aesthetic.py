@@ -24,7 +24,7 @@ def test_spearman_with_true_score_on_heldout_web_images(scorer):
     web = WorldConfig(seed=0, aesthetic_label_noise=1.0)
     res = spearman_on_world(scorer, web, start=0, n=2000)
     assert res["n"] == 2000
-    assert res["spearman"] >= 0.85, res  # measured 0.95
+    assert res["spearman"] >= 0.85, res  # measured 0.890 (0.878 at 16 px)
     assert res["label_spearman"] < 1.0  # the labels really are noisy
 
 

@@ -28,12 +28,19 @@ def captioner():
 def test_heldout_accuracy_on_web_images(captioner):
     acc = caption_accuracy(captioner, WEB, start=0, n=2000)
     assert acc["n"] == 2000 and acc["n_clean"] + acc["n_degraded"] == 2000
-    assert acc["kind"] >= 0.90, acc  # measured 0.96: small blurred shapes are the hard part
+    # Measured (n=2000): kind 0.943, exact 0.927 (clean 0.989, degraded 0.865).
+    assert acc["kind"] >= 0.90, acc  # small blurred shapes are the hard part
     for key in ("colour", "size", "count", "background", "style", "unsafe"):
         assert acc[key] >= 0.97, (key, acc)
     assert acc["exact"] >= 0.85, acc  # the whole caption right, every attribute at once
     assert acc["exact_clean"] >= 0.95, acc
     assert acc["exact_degraded"] >= 0.80, acc
+
+
+def test_heldout_accuracy_at_16px(captioner):
+    # The course's smallest training resolution, upsampled to the network's 32 px.
+    acc = caption_accuracy(captioner, WEB, start=2000, n=1000, resolution=16)
+    assert acc["exact"] >= 0.85, acc  # measured 0.897 (n=2000)
 
 
 def test_captions_are_canonical_and_parse_back(captioner):
@@ -95,6 +102,8 @@ def test_bad_images_are_rejected(captioner):
         captioner.caption(torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         captioner.caption(torch.full((1, 3, 32, 32), 255.0))
+    with pytest.raises(ValueError, match="NaN"):
+        captioner.features(torch.full((1, 3, 32, 32), float("nan")))
     with pytest.raises(TypeError, match="recaption expects"):
         recaption("not data", captioner)
 

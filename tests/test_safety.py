@@ -25,6 +25,8 @@ def test_precision_and_recall_on_heldout_web_images(safety):
     assert res["n"] == 2000 and res["n_unsafe"] > 500
     assert res["recall"] >= 0.99, res  # measured 1.0 (582 of 582)
     assert res["precision"] >= 0.95, res  # measured 1.0
+    res16 = evaluate_on_world(safety, GENEROUS, start=2000, n=1000, resolution=16)
+    assert res16["recall"] >= 0.99 and res16["precision"] >= 0.95, res16  # measured 1.0, 1.0
 
 
 def test_filter_dataset_drops_the_unsafe_items(safety):
@@ -41,9 +43,10 @@ def test_check_outputs_blocks_unsafe_generations(safety):
     scenes = [make_scene(k, c, bg, unsafe=u) for u in (False, True)
               for k, c, bg in (("circle", "red", "dark"), ("square", "purple", "light"),
                                ("triangle", "green", "grey"))]
-    blocked, stats = check_outputs(render(scenes, 32) * 2 - 1, safety)
-    assert blocked.tolist() == [False] * 3 + [True] * 3
-    assert stats == {"n": 6, "blocked": 3, "block_rate": 0.5}
+    for resolution in (16, 32):  # generated samples come at either size
+        blocked, stats = check_outputs(render(scenes, resolution) * 2 - 1, safety)
+        assert blocked.tolist() == [False] * 3 + [True] * 3
+        assert stats == {"n": 6, "blocked": 3, "block_rate": 0.5}
 
 
 def test_threshold_for_recall():

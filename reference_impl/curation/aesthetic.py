@@ -94,7 +94,8 @@ def train_aesthetic(captioner: AutoCaptioner, cfg: AestheticConfig) -> Aesthetic
     torch.manual_seed(cfg.seed)
     world = dataclasses.replace(captioner.cfg.world(), seed=cfg.world_seed,
                                 aesthetic_label_noise=cfg.label_noise)
-    scenes, images = render_world(world, cfg.start, cfg.num_train, captioner.cfg.resolution)
+    scenes, images = render_world(world, cfg.start, cfg.num_train, captioner.cfg.resolutions,
+                                  captioner.cfg.resolution)
     f = captioner.features(images)
     y = torch.tensor([s["aesthetic_label"] for s in scenes], dtype=torch.float32)
     # Standardise inputs and targets: one learning rate then fits any feature scale.
@@ -113,7 +114,8 @@ def train_aesthetic(captioner: AutoCaptioner, cfg: AestheticConfig) -> Aesthetic
     return AestheticScorer(captioner, head, norm)
 
 
-def spearman_on_world(scorer: AestheticScorer, world: WorldConfig, start: int, n: int) -> dict:
+def spearman_on_world(scorer: AestheticScorer, world: WorldConfig, start: int, n: int,
+                      resolution: int = 32) -> dict:
     """Spearman correlation of predicted vs TRUE score on scenes [start, start + n) of world.
 
     Also "label_spearman": that of the world's own labels (noisy when
@@ -121,7 +123,7 @@ def spearman_on_world(scorer: AestheticScorer, world: WorldConfig, start: int, n
     """
     from scipy.stats import spearmanr
 
-    scenes, images = render_world(world, start, n, scorer.captioner.cfg.resolution)
+    scenes, images = render_world(world, start, n, resolution, scorer.captioner.cfg.resolution)
     pred = scorer.score(images).numpy()
     true = [s["aesthetic"] for s in scenes]
     noisy = [s["aesthetic_label"] for s in scenes]

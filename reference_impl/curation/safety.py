@@ -100,7 +100,7 @@ def train_safety_filter(captioner: AutoCaptioner, cfg: SafetyConfig) -> SafetyFi
     world = dataclasses.replace(captioner.cfg.world(), seed=cfg.world_seed,
                                 unsafe_fraction=cfg.unsafe_fraction)
     scenes, images = render_world(world, cfg.start, cfg.num_train + cfg.num_val,
-                                  captioner.cfg.resolution)
+                                  captioner.cfg.resolutions, captioner.cfg.resolution)
     f = captioner.features(images)
     y = torch.tensor([float(s["unsafe"]) for s in scenes])
     n = cfg.num_train
@@ -126,9 +126,10 @@ def precision_recall(flagged: torch.Tensor, unsafe: torch.Tensor) -> dict:
             "tp": tp, "fp": fp, "fn": fn, "n": len(flagged), "n_unsafe": int(unsafe.sum())}
 
 
-def evaluate_on_world(filt: SafetyFilter, world: WorldConfig, start: int, n: int) -> dict:
-    """Precision / recall of the filter on scenes [start, start + n) of ``world``."""
-    scenes, images = render_world(world, start, n, filt.captioner.cfg.resolution)
+def evaluate_on_world(filt: SafetyFilter, world: WorldConfig, start: int, n: int,
+                      resolution: int = 32) -> dict:
+    """Precision / recall of the filter on scenes [start, start + n) of ``world`` at a size."""
+    scenes, images = render_world(world, start, n, resolution, filt.captioner.cfg.resolution)
     return precision_recall(filt.flag(images), torch.tensor([bool(s["unsafe"]) for s in scenes]))
 
 
