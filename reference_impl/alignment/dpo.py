@@ -11,15 +11,16 @@ In words: the policy should lower its denoising error on the preferred image x_w
 the frozen reference does*, and raise it on the rejected image x_l. Each ``||.||^2 - ||.||^2``
 is (minus) an implicit reward: how much better than the reference the policy explains a sample.
 
-Convention used here (the diffusers ``train_diffusion_dpo.py`` example): each squared error is
-the *mean over pixels* per sample, w(lambda_t) = 1, and the paper's ``beta T`` is folded into
-one constant written ``beta`` with a factor 1/2 in front:
+Convention used here, that of diffusers' examples/research_projects/diffusion_dpo/
+train_diffusion_dpo.py: each squared error is the *mean over
+pixels* per sample, w(lambda_t) = 1, and the paper's ``beta T`` is folded into one constant
+written ``beta``, with a factor 1/2 in front:
 
     inside = -beta / 2 * ((mse_theta_w - mse_ref_w) - (mse_theta_l - mse_ref_l))
     loss   = -log sigmoid(inside), averaged over pairs.
 
-So ``beta`` here is the diffusers example's ``--beta_dpo`` (default 2500 there, for SD 1.5),
-not the paper's per-step beta. Because pixel means are ~1e-3-sized differences, beta is large.
+So ``beta`` here is that script's ``--beta_dpo`` (default 2500 there, for SD 1.5), not the
+paper's per-step beta. Differences of pixel-mean errors are ~1e-3, hence the large beta.
 
 Plain tensors in, tensors out: the trainer owns the models, this file owns the maths.
 """
@@ -28,12 +29,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..diffusion.objectives import per_sample_mse as _objective_mse
+
 
 def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error averaged over every non-batch dimension: (B, ...) x 2 -> (B,)."""
+    """``diffusion.objectives.per_sample_mse`` (the trainer's error, (B, C, H, W) x 2 -> (B,)),
+    with a clear error when a prediction and its target differ in shape."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    return _objective_mse(pred, target)
 
 
 def dpo_loss_from_mse(model_mse_w: torch.Tensor, model_mse_l: torch.Tensor,
