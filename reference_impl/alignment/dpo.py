@@ -12,9 +12,9 @@ the frozen reference does*, and raise it on the rejected image x_l. Each ``||.||
 is (minus) an implicit reward: how much better than the reference the policy explains a sample.
 
 Convention used here, that of diffusers' examples/research_projects/diffusion_dpo/
-train_diffusion_dpo.py: each squared error is the *mean over
-pixels* per sample, w(lambda_t) = 1, and the paper's ``beta T`` is folded into one constant
-written ``beta``, with a factor 1/2 in front:
+train_diffusion_dpo.py: each squared error is the *mean over pixels* per sample,
+w(lambda_t) = 1, and the paper's ``beta T`` is folded into one constant written ``beta``,
+with a factor 1/2 in front:
 
     inside = -beta / 2 * ((mse_theta_w - mse_ref_w) - (mse_theta_l - mse_ref_l))
     loss   = -log sigmoid(inside), averaged over pairs.
