@@ -36,4 +36,4 @@ PYEOF
 echo "bench train --config $CONFIG, $STEPS timed steps"
 run "bf16 eager" --set train.mixed_precision=bf16 --set perf.compile=false "$@"
 run "bf16 + compile" --set train.mixed_precision=bf16 --set perf.compile=true "$@"
-run "fp32" --set train.mixed_precision=no --set perf.tf32=false --set perf.compile=false "$@"
+run "fp32" --set "train.mixed_precision='no'" --set perf.tf32=false --set perf.compile=false "$@"
