@@ -168,6 +168,59 @@ class PerfConfig:
 
 
 @dataclass
+class CurationConfig:
+    """The pipeline's data curation (``curation/``, ``pipeline.py``). The pipeline's "web" is
+    ``data.world`` with these captions and unsafe share; the curation models (captioner,
+    aesthetic head, safety filter) keep their own cached configs."""
+
+    web_caption_mix: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.3],
+                                         metadata={"probs": 3})  # filename / alt / rich
+    web_unsafe_fraction: float = bounded(0.05, lo=0.0, hi=1.0)
+    recaption: bool = True  # replace every web caption by the auto-captioner's
+    safety_filter: bool = True  # drop images the safety filter flags before pre-training
+    sft_fraction: float = bounded(0.1, lo=0.0, hi=1.0)  # aesthetic top share kept for SFT
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on the curated set (``training/finetune.py``): the trainer again,
+    with a lower learning rate, fewer steps, one stage at the final resolution."""
+
+    init: str = choices("ema", "raw", default="ema")  # which pre-trained weights SFT starts from
+    steps: int = bounded(200, lo=1)
+    lr: float = bounded(2e-4, lo=0.0)
+    batch_size: int = bounded(32, lo=1)
+    warmup_steps: int = bounded(20, lo=0)
+    num_eval_prompts: int = bounded(96, lo=1)  # samples measured before and after
+
+
+@dataclass
+class DPOConfig:
+    """Preference pairs and Diffusion-DPO (``alignment/``; Wallace et al. 2024, arXiv 2311.12908)."""
+
+    num_pairs: int = bounded(256, lo=1)  # prompts, two SFT samples each
+    judge: str = choices("probe_then_aesthetic", "aesthetic", default="probe_then_aesthetic")
+    beta: float = bounded(2500.0, lo=1e-6)  # diffusers' beta_dpo convention, see alignment/dpo.py
+    steps: int = bounded(200, lo=1)
+    lr: float = bounded(1e-4, lo=0.0)
+    batch_size: int = bounded(16, lo=1)  # pairs per step
+    num_eval_prompts: int = bounded(128, lo=1)  # held-out prompts for the win rate
+
+
+@dataclass
+class LoRAConfig:
+    """A brand-look LoRA adapter on the attention projections (``adapters/lora.py``)."""
+
+    rank: int = bounded(4, lo=1)
+    alpha: float | None = bounded(None, lo=1e-6)  # None: alpha = rank
+    num_images: int = bounded(50, lo=1)  # brand-style images it learns from
+    steps: int = bounded(200, lo=1)
+    lr: float = bounded(1e-3, lo=0.0)
+    batch_size: int = bounded(16, lo=1)
+    num_eval_prompts: int = bounded(48, lo=1)  # brand prompts sampled with and without it
+
+
+@dataclass
 class Config:
     """The whole run. Sections are added by later stages of the lifecycle."""
 
@@ -182,6 +235,10 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 def check_consistency(cfg: Config) -> Config:

@@ -46,8 +46,11 @@ class Trainer:
     """Builds everything from a ``Config`` and trains it through its curriculum."""
 
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True,
-                 unet: torch.nn.Module | None = None, validator=None):
+                 unet: torch.nn.Module | None = None, validator=None, dataset_fn=None):
         self.cfg, self.progress = cfg, progress
+        # dataset_fn(data_cfg, stage) -> Dataset replaces curriculum.stage_dataset: how SFT,
+        # DPO and the pipeline train on a filtered, re-captioned or curated subset
+        self.dataset_fn = dataset_fn or stage_dataset
         t = cfg.train
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -308,7 +311,7 @@ class Trainer:
             stage = tc.curriculum[self.stage_index]
             stage_end = sum(s.steps for s in tc.curriculum[: self.stage_index + 1])
             resume_batches = self.stage_batches if self.step > stage_end - stage.steps else 0
-            stream = BatchStream(stage_dataset(self.cfg.data, stage), self.cfg.data,
+            stream = BatchStream(self.dataset_fn(self.cfg.data, stage), self.cfg.data,
                                  stage.batch_size or tc.batch_size, seed=self.cfg.seed + self.stage_index,
                                  start_batch=resume_batches,
                                  rank=self.accelerator.process_index, world_size=world)
