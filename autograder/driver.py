@@ -183,7 +183,8 @@ def grade_one(job: dict) -> dict:
         status = run_cells(nb, work, Limits(**job["limits"]), sandbox=job["sandbox"],
                            extra_env={"COURSE_FAST": "1"})
     results, flags2, notes2 = score(nb, status, source, release)
-    cells = [_feedback_cell(c, s) for c, s in zip(nb.cells, status)
+    rel_by_id = {nbu.grade_id(c): c for c in release.cells if nbu.grade_id(c)}
+    cells = [_feedback_cell(c, s, rel_by_id) for c, s in zip(nb.cells, status)
              if c.metadata.get("autograder", {}).get("origin") != "canary"]
     shutil.rmtree(work, ignore_errors=True)
     return dict(notebook=job["notebook"], results=results, flags=flags + flags2,
@@ -201,17 +202,16 @@ def _truncate(o: dict) -> dict:
     return o
 
 
-def _feedback_cell(cell, st: dict) -> dict:
-    """What the feedback may show of a cell: test cells only as the release shows them."""
+def _feedback_cell(cell, st: dict, rel_by_id: dict) -> dict:
+    """What the feedback may show of a cell: the instructor's cells only as released."""
     gid = nbu.grade_id(cell)
     out = dict(grade_id=gid, cell_type=cell.cell_type, status=st.get("status"),
-               test=nbu.is_test(cell))
-    if nbu.is_test(cell):
-        out["source"] = nbu.strip_hidden(cell.source)
-        out["hidden"] = nbu.hidden_lines(cell.source)
+               test=nbu.is_test(cell), hidden=nbu.hidden_lines(cell.source))
+    if cell.metadata.get("autograder", {}).get("origin") == "source":
+        rel = rel_by_id.get(gid)
+        out["source"] = rel.source if rel is not None else nbu.strip_hidden(cell.source)
     else:
         out["source"] = cell.source
-        out["hidden"] = []
     out["outputs"] = [_truncate(o) for o in cell.get("outputs", [])]
     return out
 

@@ -50,13 +50,17 @@ def _outputs(cell: dict, hidden: list[str]) -> str:
         if kind == "image":
             html_parts.append(f'<img src="data:image/png;base64,{text.strip()}">')
         else:
-            shown = redact(text, hidden) if hidden or kind == "error" else text
+            shown = redact(text, hidden)
             html_parts.append(f'<pre class="{kind}">{html.escape(shown)}</pre>')
     return "".join(html_parts)
 
 
 def render(student: str, assignment: str, graded: list[dict], row: dict) -> str:
-    """The whole page. ``graded``: driver results, one per notebook."""
+    """The whole page. ``graded``: driver results, one per notebook.
+
+    Every output is redacted against every hidden line of its notebook: student code can
+    see the test cells it runs with (e.g. through ``inspect``) and print them later.
+    """
     body = [f"<h1>{html.escape(assignment)}: feedback for {html.escape(student)}</h1>",
             (f"<p>Total so far: <b>{row['total']:g}</b> of {row['max_total']:g}"
              f" ({row['max_auto']:g} autograded; manual parts: {row['manual_status']})</p>")]
@@ -65,6 +69,7 @@ def render(student: str, assignment: str, graded: list[dict], row: dict) -> str:
             body.append(f"<h3>{key}</h3><ul>" + "".join(
                 f"<li>{html.escape(x)}</li>" for x in row[key].split("; ")) + "</ul>")
     for g in graded:
+        hidden = sorted({ln for cell in g["cells"] for ln in cell["hidden"]})
         body.append(f"<h2>{html.escape(g['notebook'])}</h2>")
         for cell in g["cells"]:
             gid = cell["grade_id"]
@@ -72,16 +77,16 @@ def render(student: str, assignment: str, graded: list[dict], row: dict) -> str:
             head = ""
             if res and res["kind"] == "auto":
                 ok = res["points"] == res["max"]
-                msg = "" if ok else f" - {res['ename']}: {redact(res['evalue'], res['hidden'])}"
+                msg = "" if ok else f" - {res['ename']}: {redact(res['evalue'], hidden)}"
                 head = (f'<div class="{"pass" if ok else "fail"}">test <b>{html.escape(gid)}</b>: '
                         f'{res["points"]:g} / {res["max"]:g}{html.escape(msg)}</div>')
             elif res and res["kind"] == "manual":
                 pts = "needs manual grade" if res["points"] is None else f"{res['points']:g}"
                 head = (f'<div class="manual">manually graded <b>{html.escape(gid)}</b>: '
                         f'{pts} / {res["max"]:g}</div>')
-            src = redact(cell["source"], cell["hidden"]) if cell["test"] else cell["source"]
+            src = redact(cell["source"], hidden) if cell["test"] else cell["source"]
             body.append(f'<div class="cell">{head}<pre class="src {cell["cell_type"]}">'
-                        f'{html.escape(src)}</pre>{_outputs(cell, cell["hidden"])}</div>')
+                        f'{html.escape(src)}</pre>{_outputs(cell, hidden)}</div>')
     style = ("body{font-family:sans-serif;max-width:60em;margin:auto}"
              ".cell{border-left:3px solid #ccc;margin:1em 0;padding-left:.5em}"
              ".pass{color:#060}.fail{color:#a00}.manual{color:#a60}"

@@ -73,7 +73,8 @@ def run_cells(nb, workdir: Path, limits: Limits, sandbox: bool = True,
             watchdog = threading.Timer(2 * limits.cell_timeout + 10, _kill, (km,))
             watchdog.start()
             try:
-                client.execute_cell(cell, i)
+                # Instructor cells stay out of IPython's history (In, _ih, Out).
+                client.execute_cell(cell, i, store_history=_owned(cell) is False)
             except DeadKernelError:
                 killed = not watchdog.is_alive()
                 status[i] = {"status": "timeout" if killed else "error", "ename": "DeadKernelError",
@@ -92,6 +93,10 @@ def run_cells(nb, workdir: Path, limits: Limits, sandbox: bool = True,
                 rec.update(ename=errors[-1].get("ename", ""), evalue=errors[-1].get("evalue", ""))
             status[i] = rec
     return status
+
+
+def _owned(cell) -> bool:
+    return cell.metadata.get("autograder", {}).get("origin") in ("source", "canary")
 
 
 def _kill(km: JailedKernelManager) -> None:

@@ -123,7 +123,13 @@ try:
 except OSError as e:
     print("NETWORK BLOCKED", type(e).__name__)
 """
-    p["snoop"] = (_insert_after(solved(), "imports", snoop), AUTO_MAX)
+    nb = _insert_after(solved(), "imports", snoop)
+    # Test cells are visible to code while they run: print every cell IPython has cached.
+    nb.cells.append(new_code_cell(
+        "import linecache, re\nfor name, entry in list(linecache.cache.items()):\n"
+        "    if re.search(r'/ipykernel_\\d+/', name) and len(entry) > 2:\n"
+        "        print(''.join(entry[2]))"))
+    p["snoop"] = (nb, AUTO_MAX)
     p["noisy"] = (_insert_after(solved(), "ema_impl",
                                 "import sys\nprint('debug', file=sys.stderr)\nraise ValueError('boom')"),
                   AUTO_MAX)
@@ -227,7 +233,7 @@ def test_input_transformer_tricks_earn_nothing(graded):
 def test_sandbox_blocks_solutions_and_network(graded):
     _, out, _, _, listener = graded
     page = (out / "feedback" / "snoop" / "ema.html").read_text()
-    printed = "".join(re.findall(r'<pre class="stdout">(.*?)</pre>', page, re.DOTALL))
+    printed = re.findall(r'<pre class="stdout">(.*?)</pre>', page, re.DOTALL)[0]
     assert printed.count("SOLUTIONS BLOCKED FileNotFoundError") == 2, printed
     assert "NETWORK BLOCKED" in printed and "LEAKED" not in printed, printed
     with pytest.raises(OSError):  # nothing ever reached the listener
@@ -260,6 +266,10 @@ def test_feedback_hides_hidden_tests(graded):
         assert not leaks, (student, leaks[:3])
         assert "**Rubric" in own or "**Rubric" not in text, student
         assert "### BEGIN SOLUTION" not in text, student
+    records = json.loads((out / "results.json").read_text())
+    snoop = next(r for r in records if r["student"] == "snoop")["graded"][0]["cells"][-1]
+    raw = "".join(o.get("text", "") for o in snoop["outputs"])
+    assert any(ln in raw for ln in hidden), "the snoop should have seen the hidden tests"
     page = html.unescape((out / "feedback" / "no_clip" / "ema.html").read_text())
     assert "test_decay_warmup_schedule</b>: 0 / 2 - AssertionError: ema_decay(" in page
 
