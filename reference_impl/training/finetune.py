@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from ..config import Config, StageConfig
 from ..data.curriculum import BatchStream
 from ..diffusion.sampling import sample
-from .checkpoint import load_final
 
 
 def finetune_config(cfg: Config, output_dir: str | Path, steps: int, lr: float, batch_size: int,
@@ -50,8 +49,12 @@ def load_unet(final_dir: str | Path, init: str = "ema") -> torch.nn.Module:
     """The UNet of an exported ``final/`` folder: its EMA (``init='ema'``) or raw weights."""
     if init not in ("ema", "raw"):
         raise ValueError(f"init must be 'ema' or 'raw', got {init!r}")
-    unet, _, _, _ = load_final(final_dir, ema=init == "ema")
-    return unet.train()
+    from diffusers import UNet2DConditionModel
+
+    folder = Path(final_dir) / ("unet_ema" if init == "ema" else "unet")
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder} does not exist; pass a run's exported final/ folder")
+    return UNet2DConditionModel.from_pretrained(folder).train()
 
 
 def subset_fn(make_dataset, positions: list[int] | None = None):
