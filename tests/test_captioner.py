@@ -1,6 +1,6 @@
 """The auto-captioner (curation/captioner.py): held-out accuracy, recaptioning, the VLM path.
 
-The captioner trains once (about 30 s on 2 free cores) and is cached in the test cache; the
+The captioner trains once (75 s of one-core CPU time) and is cached in the test cache; the
 aesthetic and safety tests load the same cached weights.
 """
 import pytest

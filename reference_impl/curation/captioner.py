@@ -189,7 +189,8 @@ def write_caption(attributes: dict[str, int]) -> str:
 class AutoCaptioner:
     """Images -> rich captions and frozen features, with weights cached by config hash.
 
-    ``AutoCaptioner.load_or_train(cfg)`` trains once (about 30 s on 2 cores) and then loads.
+    ``AutoCaptioner.load_or_train(cfg)`` trains once (75 s of one-core CPU time,
+    bit-for-bit reproducible) and then loads.
     """
 
     def __init__(self, net: AttributeNet, cfg: CaptionerConfig):
