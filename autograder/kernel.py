@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import nbformat
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
@@ -44,6 +45,29 @@ class JailedKernelManager(AsyncKernelManager):
         return spec
 
 
+class CappedClient(NotebookClient):
+    """A NotebookClient that keeps at most ``MAX_OUTPUT`` characters of output per cell.
+
+    A cell printing in a loop until its timeout would otherwise fill the driver's memory.
+    Errors always pass: they decide the score.
+    """
+
+    MAX_OUTPUT = 1_000_000
+
+    def output(self, outs, msg, display_id, cell_index):
+        used = getattr(self, "_used", {})
+        self._used = used
+        if msg["msg_type"] != "error":
+            used[cell_index] = used.get(cell_index, 0) + len(str(msg.get("content", "")))
+            if used[cell_index] > self.MAX_OUTPUT:
+                if used.get(("noted", cell_index)) is None:
+                    used[("noted", cell_index)] = True
+                    outs.append(nbformat.v4.new_output(
+                        "stream", name="stdout", text="\n[further output dropped by the autograder]\n"))
+                return None
+        return super().output(outs, msg, display_id, cell_index)
+
+
 def run_cells(nb, workdir: Path, limits: Limits, sandbox: bool = True,
               extra_env: dict | None = None) -> list[dict]:
     """Execute every code cell of ``nb`` in place; return one status record per cell.
@@ -56,7 +80,7 @@ def run_cells(nb, workdir: Path, limits: Limits, sandbox: bool = True,
     (Path(workdir) / ".ipc").mkdir(parents=True, exist_ok=True)
     (Path(workdir) / "home").mkdir(parents=True, exist_ok=True)
     km = JailedKernelManager(workdir, limits, sandbox, extra_env)
-    client = NotebookClient(nb, km=km, timeout=limits.cell_timeout, interrupt_on_timeout=True,
+    client = CappedClient(nb, km=km, timeout=limits.cell_timeout, interrupt_on_timeout=True,
                             allow_errors=True, record_timing=False, startup_timeout=120,
                             iopub_timeout=5, resources={"metadata": {"path": str(workdir)}})
     status: list[dict] = [{"status": "skipped"} if c.cell_type != "code" else
