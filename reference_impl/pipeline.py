@@ -321,7 +321,9 @@ class Pipeline:
         merge_lora(adapted)
         merged_img = sample_images(adapted, text, sched, self.cfg, prompts[:4], seed)
         unmerge_lora(adapted)
-        style = lambda imgs: float((self.probe.predict(imgs)["style"] == 1).float().mean())  # noqa: E731
+
+        def style(imgs):  # share of images the probe reads as the brand style
+            return float((self.probe.predict(imgs)["style"] == 1).float().mean())
         return {**stats, "brand_rate_base": style(base_img), "brand_rate_lora": style(lora_img),
                 "n_eval": len(prompts),
                 "merged_max_abs_diff": float((merged_img - lora_img[:4]).abs().max())}
@@ -341,10 +343,10 @@ class Pipeline:
 
     def stage_report(self, out: Path) -> dict:
         """report.md in the run folder: every stage's numbers and figures."""
-        lines = [f"# Lifecycle report: {self.cfg.name}", "",
-                 "Domain-FID and prompt accuracy use the evaluation probe (features and attribute "
-                 "readings of a CNN trained on ShapesWorld); the aesthetic score and the DPO judge "
-                 "use the curation models. n = sample counts.", ""]
+        note = ("Domain-FID and prompt accuracy use the evaluation probe (features and attribute "
+                "readings of a CNN trained on ShapesWorld); the aesthetic score and the DPO judge "
+                "use the curation models. n = sample counts.")
+        lines = [f"# Lifecycle report: {self.cfg.name}", "", note, "", *self._headline(), ""]
         for name in STAGES[:-1]:
             m = self.metrics(name)
             lines += [f"## {STAGES.index(name):02d} {name}", "", "```", json.dumps(m, indent=1), "```", ""]
@@ -353,6 +355,36 @@ class Pipeline:
             lines.append("")
         (self.root / "report.md").write_text("\n".join(lines))
         return {"report": str(self.root / "report.md")}
+
+    def _headline(self) -> list[str]:
+        """The numbers each stage exists for, one table row each."""
+        m = {s: self.metrics(s) for s in STAGES[:-1]}
+        sft, lora, w = m["sft"], m["lora"], m["dpo"]["win_rate_vs_sft"]
+        rows = [
+            ("captions naming kind+colour+background", (f"{m['caption']['useful_before']:.3f} -> "
+              f"{m['caption']['useful_after']:.3f}"), m["caption"]["n"]),
+            ("safety filter: unsafe dropped (recall) / precision",
+             f"{m['safety']['recall']:.3f} / {m['safety']['precision']:.3f}", m["safety"]["total"]),
+            ("pre-training prompt accuracy (EMA, probe)", m["pretrain"].get("val/prompt_acc"),
+             m["pretrain"]["val_n"]),
+            ("SFT aesthetic score before -> after", (f"{sft['before']['aesthetic']:.3f} -> "
+              f"{sft['after']['aesthetic']:.3f}"), sft["after"]["n"]),
+            ("SFT prompt accuracy (kind+colour+background) before -> after",
+             f"{sft['before']['prompt_acc']} -> {sft['after']['prompt_acc']}", sft["after"]["n"]),
+            ("DPO win rate vs SFT (judge), 95% Wilson CI",
+             f"{w['win_rate']:.3f} [{w['ci95_low']:.3f}, {w['ci95_high']:.3f}]", w["n"]),
+            ("LoRA brand-style rate base -> adapter (probe)",
+             f"{lora['brand_rate_base']:.3f} -> {lora['brand_rate_lora']:.3f}", lora["n_eval"]),
+            ("LoRA trainable fraction / adapter MB / train s",
+             f"{lora['trainable_fraction']:.4f} / {lora['adapter_mb']:.3f} / {lora['train_seconds']:.1f}",
+             lora["num_images"]),
+            ("outputs blocked: plain / hazard prompts",
+             (f"{m['safety_check']['plain']['block_rate']:.3f} / "
+              f"{m['safety_check']['hazard_prompts']['block_rate']:.3f}"),
+             m["safety_check"]["plain"]["n"]),
+        ]
+        return ["| measure | value | n |", "| --- | --- | --- |",
+                *(f"| {a} | {b} | {n} |" for a, b, n in rows)]
 
 
 def _useful(captions) -> int:

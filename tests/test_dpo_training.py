@@ -1,5 +1,4 @@
 """Diffusion-DPO training (alignment/dpo_trainer.py) on the tiny model: it learns the pairs."""
-import dataclasses
 import math
 
 import torch
