@@ -354,7 +354,8 @@ class Pipeline:
                 lines.append(f"![{png.stem}]({png.relative_to(self.root)})")
             lines.append("")
         (self.root / "report.md").write_text("\n".join(lines))
-        return {"report": str(self.root / "report.md")}
+        (self.root / "report.html").write_text(_html(lines))
+        return {"report": str(self.root / "report.md"), "html": str(self.root / "report.html")}
 
     def _headline(self) -> list[str]:
         """The numbers each stage exists for, one table row each."""
@@ -385,6 +386,37 @@ class Pipeline:
         ]
         return ["| measure | value | n |", "| --- | --- | --- |",
                 *(f"| {a} | {b} | {n} |" for a, b, n in rows)]
+
+
+def _html(lines: list[str]) -> str:
+    """The few markdown forms the report uses (headings, tables, code, images) as HTML."""
+    import html
+    import re
+    out, in_code = ["<!doctype html><meta charset='utf-8'><title>report</title><body>"], False
+    for i, line in enumerate(lines):
+        row = line.startswith("|") and not line.startswith("| ---")
+        if row and not (i and lines[i - 1].startswith("|")):
+            out.append("<table border=1>")
+        if line.startswith("```"):
+            out.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+        elif in_code:
+            out.append(html.escape(line))
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("| ---"):
+            continue
+        elif line.startswith("|"):
+            cells = "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
+            out.append(f"<tr>{cells}</tr>")
+            if not (i + 1 < len(lines) and lines[i + 1].startswith("|")):
+                out.append("</table>")
+        elif (img := re.fullmatch(r"!\[(.*)\]\((.*)\)", line)):
+            out.append(f"<img alt='{html.escape(img[1])}' src='{html.escape(img[2])}' height=160>")
+        elif line:
+            out.append(f"<p>{html.escape(line)}</p>")
+    return "\n".join(out) + "</body>"
 
 
 def _useful(captions) -> int:

@@ -46,6 +46,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path):
     assert (stages / "08_lora" / "adapter" / "pytorch_lora_weights.safetensors").exists()
     report = (out / "report.md").read_text()
     assert all(f"{i:02d} {s}" in report for i, s in enumerate(STAGES[:-1]))
+    assert "DPO win rate" in (out / "report.html").read_text()
 
     # --from-stage re-runs that stage (and later ones) only
     before = (stages / "09_safety_check" / "metrics.json").stat().st_mtime_ns
