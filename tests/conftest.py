@@ -11,5 +11,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One torch thread per process (subprocesses inherit the variables): the suite starts several
+# processes at once (DDP ranks, autograder kernels) and OpenMP threads that outnumber the cores
+# spin and slow everything down by an order of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("REFERENCE_IMPL_CACHE", str(REPO / ".cache" / "test"))
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
