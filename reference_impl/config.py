@@ -179,6 +179,7 @@ class CurationConfig:
     recaption: bool = True  # replace every web caption by the auto-captioner's
     safety_filter: bool = True  # drop images the safety filter flags before pre-training
     sft_fraction: float = bounded(0.1, lo=0.0, hi=1.0)  # aesthetic top share kept for SFT
+    num_check_samples: int = bounded(48, lo=1)  # final output safety check, per prompt kind
 
 
 @dataclass

@@ -332,7 +332,7 @@ class Pipeline:
         """The output-side safety check on the final (DPO) model, ordinary and hazard prompts."""
         from .alignment.preferences import random_prompts
         from .data.captions import HAZARD_PHRASE
-        n = self.cfg.eval.final_num_samples
+        n = self.cfg.curation.num_check_samples
         plain = random_prompts(n, seed=self.cfg.seed + 400)
         hazard = [f"{p} {HAZARD_PHRASE}" for p in plain]
         res = {}

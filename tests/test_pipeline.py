@@ -5,7 +5,7 @@ from reference_impl.alignment.preferences import load_pairs
 from reference_impl.cli import main
 from reference_impl.pipeline import STAGES
 
-SMALL = ["eval.num_prompts=4", "eval.reference_images=16", "eval.final_num_samples=4",
+SMALL = ["eval.num_prompts=4", "eval.reference_images=16", "curation.num_check_samples=4",
          "sft.num_eval_prompts=4", "dpo.num_pairs=8", "dpo.num_eval_prompts=8",
          "lora.num_eval_prompts=4", "lora.num_images=8", "train.checkpoint_every=4"]
 
