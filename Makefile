@@ -1,4 +1,6 @@
 # The two commands of the quick start:   make train   and   make test
+# make train runs the whole lifecycle (reference_impl/pipeline.py) on the laptop preset;
+# make pretrain runs only the pre-training engine.
 # Each creates the virtual environment .venv in the repo when it is missing (or when
 # pyproject.toml changed since it was built) and installs the package with its dev extra.
 
@@ -9,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= laptop
 PYTEST_ARGS ?=
 
-.PHONY: venv test train bench lectures release grade clean-venv lint
+.PHONY: venv test train pretrain bench lectures release grade clean-venv lint
 
 venv: $(STAMP)
 
@@ -24,6 +26,9 @@ test: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 train: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m reference_impl pipeline --config $(CONFIG)
+
+pretrain: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m reference_impl train --config $(CONFIG)
 
 bench: venv
