@@ -5,6 +5,6 @@ import sys
 # (measured: 2 threads ran ~40x slower than 1) as soon as another process wants a core.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .cli import main  # noqa: E402
+from .cli import main
 
 sys.exit(main())

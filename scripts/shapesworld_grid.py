@@ -7,9 +7,9 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from reference_impl.data.shapes import WorldConfig, render, sample_scene  # noqa: E402
+from reference_impl.data.shapes import WorldConfig, render, sample_scene
 
 
 def main(out: str = "docs/figures/shapesworld_grid.png") -> None:

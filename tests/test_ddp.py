@@ -15,7 +15,6 @@ same config in one process with batch 8. What must hold:
 * gradient accumulation all-reduces only on the last micro-batch of a step (accelerator.no_sync);
 * only rank 0 writes: checkpoints, metrics, final export and the text-embedding cache.
 """
-import json
 import os
 import subprocess
 import sys

@@ -4,8 +4,12 @@ import pytest
 import torch
 from diffusers.training_utils import compute_snr
 
-from reference_impl.diffusion.objectives import (drop_captions, min_snr_weights, sample_noise,
-                                                 training_target)
+from reference_impl.diffusion.objectives import (
+    drop_captions,
+    min_snr_weights,
+    sample_noise,
+    training_target,
+)
 from reference_impl.diffusion.sampling import classifier_free_guidance, make_sampler
 from reference_impl.diffusion.schedule import SCHEDULES, make_scheduler, snr
 

@@ -31,8 +31,7 @@ def _jpeg_bytes(shape=(40, 48, 3), seed=0) -> bytes:
 def _write_folder(root, rows, column="text"):
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "metadata.jsonl", "w") as f:
-        for name, caption in rows:
-            f.write(json.dumps({"file_name": name, column: caption}) + "\n")
+        f.writelines(json.dumps({"file_name": name, column: caption}) + "\n" for name, caption in rows)
     return root
 
 

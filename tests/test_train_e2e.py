@@ -129,7 +129,7 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(tmp_path):
                   "--set", f"output_dir={tmp_path}", "--set", "train.checkpoint_every=20",
                   "--set", "train.curriculum=[{steps: 40, resolution: 16}]")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"resumed from" in out.stdout and (tmp_path / "final").exists()
+    assert "resumed from" in out.stdout and (tmp_path / "final").exists()
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 

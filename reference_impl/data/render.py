@@ -88,7 +88,7 @@ def gaussian_blur(images: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
     images: (B, C, H, W); sigma_px: (B,) standard deviations in pixels (0 = unchanged).
     """
     b, c, h, w = images.shape
-    radius = max(1, min(int(math.ceil(3 * float(sigma_px.max()))), h - 1))
+    radius = max(1, min(math.ceil(3 * float(sigma_px.max())), h - 1))
     t = torch.arange(-radius, radius + 1, dtype=images.dtype)
     s = sigma_px.clamp(min=1e-3).view(b, 1)
     k = torch.exp(-0.5 * (t.view(1, -1) / s) ** 2)

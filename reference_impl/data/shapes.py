@@ -27,8 +27,16 @@ from torch.utils.data import Dataset
 
 from . import captions as cap
 from .render import render_arrays
-from .vocab import (BACKGROUND_LEVEL, BRAND_OUTLINE, BRAND_PASTEL, BRAND_STROKE, COLOURS,
-                    KINDS, RGB, SIZE_RADIUS)
+from .vocab import (
+    BACKGROUND_LEVEL,
+    BRAND_OUTLINE,
+    BRAND_PASTEL,
+    BRAND_STROKE,
+    COLOURS,
+    KINDS,
+    RGB,
+    SIZE_RADIUS,
+)
 
 # Layout of 1, 2 or 3 shapes (centres before jitter), in image sides.
 LAYOUTS = {

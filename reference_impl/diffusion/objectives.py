@@ -65,13 +65,19 @@ def sample_noise(shape: tuple, offset: float = 0.0, generator: torch.Generator |
     return noise
 
 
-def drop_captions(captions: list[str], p: float, generator: torch.Generator | None = None) -> list[str]:
+def drop_captions(captions: list[str], p: float, generator: torch.Generator | None = None,
+                  rank: int = 0, world_size: int = 1) -> list[str]:
     """Replace each caption by "" with probability p, so one network learns both the
     conditional and the unconditional model that classifier-free guidance needs
-    (Ho & Salimans 2022, arXiv 2207.12598, Algorithm 1)."""
+    (Ho & Salimans 2022, arXiv 2207.12598, Algorithm 1).
+
+    Under data parallelism ``captions`` is this rank's share of a global batch dealt out
+    rank::world_size; the draw covers the whole global batch and keeps this rank's rows, so
+    every caption meets the coin it would meet in one process.
+    """
     if p <= 0:
         return list(captions)
-    keep = torch.rand(len(captions), generator=generator) >= p
+    keep = (torch.rand(len(captions) * world_size, generator=generator) >= p)[rank::world_size]
     return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
 

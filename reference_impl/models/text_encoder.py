@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ class TextEncoder:
         if self.cache_file is not None and self.cache_file.exists():
             try:
                 self._cache = torch.load(self.cache_file, weights_only=True)
-            except Exception:  # a corrupt cache is rebuilt, never fatal
+            except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):  # corrupt: rebuild
                 self._cache = {}
         self.hits = self.misses = 0
 

@@ -65,7 +65,7 @@ def bench_train(args) -> dict:
                                   train=dataclasses.replace(cfg.train, curriculum=[stage]))
         trainer = Trainer(cfg, progress=False)
         bs = stage.batch_size or cfg.train.batch_size
-        make = lambda: BatchStream(stage_dataset(cfg.data, stage), cfg.data, bs, seed=0)  # noqa: E731
+        make = lambda: BatchStream(stage_dataset(cfg.data, stage), cfg.data, bs, seed=0)
         ours_stream, bare_stream = make(), make()
         bare = _bare_loop(trainer, bare_stream)
         batch = collate(ours_stream.dataset.__getitems__([0, 1]))

@@ -27,8 +27,13 @@ from tqdm.auto import tqdm
 
 from ..config import Config, to_dict
 from ..data.curriculum import BatchStream, stage_dataset
-from ..diffusion.objectives import (min_snr_weights, per_sample_mse, sample_noise,
-                                    training_target)
+from ..diffusion.objectives import (
+    drop_captions,
+    min_snr_weights,
+    per_sample_mse,
+    sample_noise,
+    training_target,
+)
 from ..diffusion.sampling import sample
 from ..diffusion.schedule import make_scheduler, snr
 from ..models.text_encoder import TextEncoder
@@ -191,10 +196,7 @@ class Trainer:
         # one process the slice is everything: the draws are those of a plain loop.
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         gb = b * world
-        keep = [True] * gb  # caption dropout for classifier-free guidance, drawn as drop_captions does
-        if d.caption_dropout > 0:
-            keep = (torch.rand(gb, generator=self.gen) >= d.caption_dropout).tolist()
-        captions = [c if keep[rank + world * j] else "" for j, c in enumerate(batch["caption"])]
+        captions = drop_captions(batch["caption"], d.caption_dropout, self.gen, rank, world)
         hidden, mask = self.text.encode(captions)
         noise = sample_noise((gb, *x0.shape[1:]), d.noise_offset, self.gen)[rank::world]
         noise = noise.to(self.device)
@@ -265,11 +267,13 @@ class Trainer:
         return rec
 
     # ------------------------------------------------------------------ the loop
-    def sample_fn(self, resolution: int):
+    def sample_fn(self, resolution: int, model: torch.nn.Module | None = None):
+        """(prompts, seed) -> images from ``model`` (default: the EMA weights)."""
         d = self.cfg.diffusion
+        model = self.ema.shadow if model is None else model
 
         def fn(prompts: list[str], seed: int) -> torch.Tensor:
-            return sample(self.ema.shadow, self.text, prompts, resolution, self.noise_scheduler,
+            return sample(model, self.text, prompts, resolution, self.noise_scheduler,
                           sampler=d.sampler, steps=d.sample_steps, guidance_scale=d.guidance_scale,
                           guidance_rescale=d.guidance_rescale, seed=seed)
         return fn
@@ -366,17 +370,8 @@ class Trainer:
         final = {"step": self.step, "final": True}
         if self.validator is not None:
             final.update(self.validate(res))
-            raw = self.validator.run(self._raw_sample_fn(res), step=self.step, out_dir=None)
+            raw = self.validator.run(self.sample_fn(res, self.raw_unet), step=self.step, out_dir=None)
             final.update({f"val_raw/{k}": v for k, v in raw.items() if isinstance(v, (int, float))})
             self._log(final, log_path, writer)
         ckpt.export_final(self.run_dir, self.raw_unet, self.ema.shadow, to_dict(self.cfg),
                           self.noise_scheduler)
-
-    def _raw_sample_fn(self, resolution: int):
-        d = self.cfg.diffusion
-
-        def fn(prompts, seed):
-            return sample(self.raw_unet, self.text, prompts, resolution, self.noise_scheduler,
-                          sampler=d.sampler, steps=d.sample_steps, guidance_scale=d.guidance_scale,
-                          guidance_rescale=d.guidance_rescale, seed=seed)
-        return fn
