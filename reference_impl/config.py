@@ -149,7 +149,8 @@ class ParallelConfig:
     torchrun, see docs/scaling.md). ``ddp``: every rank holds the whole model, gradients are
     all-reduced. ``fsdp``: parameters, gradients and optimizer state are sharded (ZeRO-3 =
     ``full_shard``, ZeRO-2 = ``shard_grad_op``; Rajbhandari et al. 2020, arXiv 1910.02054),
-    through accelerate's FullyShardedDataParallelPlugin (FSDP2, ``fully_shard``)."""
+    with torch's FSDP2 ``fully_shard`` (distributed/fsdp.py); needs 2+ processes and
+    mixed_precision no or bf16 (fp16's loss scaling is not wired for sharded gradients)."""
 
     strategy: str = choices("ddp", "fsdp", default="ddp")
     fsdp_sharding: str = choices("full_shard", "shard_grad_op", default="full_shard")
@@ -254,6 +255,10 @@ def check_consistency(cfg: Config) -> Config:
         raise ConfigError("diffusion.zero_terminal_snr=true needs prediction_type="
                           "'v_prediction' (at SNR=0 the noise is the input: eps-prediction is "
                           "trivial there and x0 cannot be recovered; Lin et al. 2024, sec. 3.2)")
+    if cfg.parallel.strategy == "fsdp" and t.mixed_precision == "fp16":
+        raise ConfigError("parallel.strategy='fsdp' with train.mixed_precision='fp16': fp16 "
+                          "needs a loss scaler that unscales sharded gradients, which the "
+                          "trainer does not wire up; use mixed_precision='bf16' (no scaler needed)")
     return cfg
 
 

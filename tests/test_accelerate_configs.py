@@ -56,6 +56,9 @@ def test_fsdp_is_zero3(monkeypatch):
     assert plugin.fsdp_version == 2
     assert plugin.reshard_after_forward is True  # FULL_SHARD: params sharded too = ZeRO-3
     assert plugin.state_dict_type.name == "SHARDED_STATE_DICT"
+    from reference_impl.distributed.fsdp import settings_from_accelerate
+
+    assert settings_from_accelerate(plugin) == (True, 1_000_000)  # what the trainer will use
 
 
 def test_multi_node_placeholders():

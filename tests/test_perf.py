@@ -1,5 +1,5 @@
 """GPU speed knobs (training/perf.py) and the parallel config: safe no-ops on the CPU, SDPA
-attention equal to the classic attention it replaces, FSDP refused with a clear message."""
+attention equal to the classic attention it replaces. FSDP: tests/test_fsdp.py."""
 import dataclasses
 
 import pytest
@@ -64,20 +64,3 @@ def test_sdpa_matches_classic_attention(tiny):
     with torch.no_grad():
         fused = tiny(x, t, h).sample
     torch.testing.assert_close(fused, classic, rtol=1e-4, atol=1e-5)
-
-
-def test_fsdp_plugin_maps_sharding_to_zero_stages():
-    cfg = load_config("ci", ["parallel.strategy=fsdp"]).parallel
-    assert perf.fsdp_plugin(load_config("ci").parallel) is None
-    full = perf.fsdp_plugin(cfg)
-    assert full.fsdp_version == 2 and full.reshard_after_forward is True  # ZeRO-3
-    grad_op = perf.fsdp_plugin(dataclasses.replace(cfg, fsdp_sharding="shard_grad_op"))
-    assert grad_op.reshard_after_forward is False  # ZeRO-2
-
-
-def test_trainer_refuses_fsdp_on_cpu(tmp_path):
-    from reference_impl.training.trainer import Trainer
-
-    with pytest.raises(RuntimeError, match="applies FSDP only to multi-GPU"):
-        Trainer(load_config("ci", [f"output_dir={tmp_path}", "parallel.strategy=fsdp"]),
-                progress=False)

@@ -41,10 +41,11 @@ def _barrier() -> None:
 
 
 def save_distributed(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     extra: dict | None = None) -> Path:
+                     extra: dict | None = None, sharded: dict[str, dict] | None = None) -> Path:
     """Write model + optimizer (sharded or not) to the folder ``path``; every rank calls this.
 
     ``extra``: small replicated state (step, RNG, ...) that rank 0 saves with ``torch.save``.
+    ``sharded``: more name -> tensor dicts saved like the weights (e.g. a sharded EMA).
     """
     final = Path(path)
     tmp = final.parent / f".tmp-{final.name}"
@@ -53,7 +54,7 @@ def save_distributed(path: str | Path, model: torch.nn.Module, optimizer: torch.
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier()  # nobody writes before the stale temp folder is gone
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    dcp.save({"model": model_sd, "optim": optim_sd, **(sharded or {})}, checkpoint_id=str(tmp))
     _barrier()  # every shard is on disk
     if _rank() == 0:
         if extra is not None:
@@ -67,14 +68,22 @@ def save_distributed(path: str | Path, model: torch.nn.Module, optimizer: torch.
     return final
 
 
-def load_distributed(path: str | Path, model: torch.nn.Module,
-                     optimizer: torch.optim.Optimizer) -> dict | None:
-    """Load model + optimizer in place from ``path`` (any world size); returns ``extra``."""
+def is_distributed_checkpoint(path: str | Path) -> bool:
+    """True for a folder written by ``save_distributed`` (DCP keeps its plan in ``.metadata``)."""
+    return (Path(path) / ".metadata").exists()
+
+
+def load_distributed(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     sharded: dict[str, dict] | None = None) -> dict | None:
+    """Load model + optimizer in place from ``path`` (any world size); returns ``extra``.
+
+    ``sharded``: the dicts given to ``save_distributed``, in the reader's layout: filled in place.
+    """
     path = Path(path)
     if not (path / MARKER).exists():
         raise FileNotFoundError(f"{path} is not a complete distributed checkpoint (no {MARKER})")
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the reader's layout and shards
-    state = {"model": model_sd, "optim": optim_sd}
+    state = {"model": model_sd, "optim": optim_sd, **(sharded or {})}
     dcp.load(state, checkpoint_id=str(path))  # fills the tensors in place, resharding as needed
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])

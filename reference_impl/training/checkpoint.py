@@ -40,9 +40,9 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
     """Write ``state`` (name -> picklable object) as checkpoint ``step``; prune old ones."""
-    root = Path(run_dir) / "checkpoints"
+    final = checkpoint_path(run_dir, step)
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{step:07d}"
     tmp = root / f".tmp-{PREFIX}{step:07d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -53,9 +53,19 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) 
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
+    prune_checkpoints(run_dir, keep)
+    return final
+
+
+def checkpoint_path(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint ``step`` lives (a folder; FSDP runs write distributed ones there)."""
+    return Path(run_dir) / "checkpoints" / f"{PREFIX}{step:07d}"
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints."""
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -86,6 +96,9 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not (path / "COMPLETE").exists():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no COMPLETE marker)")
+    if (path / ".metadata").exists():
+        raise ValueError(f"{path} is a distributed (FSDP) checkpoint: load it with "
+                         "reference_impl.distributed.checkpoint.load_distributed")
     names = json.loads((path / "COMPLETE").read_text())["files"]
     return {n: torch.load(path / f"{n}.pt", weights_only=False, map_location="cpu") for n in names}
 

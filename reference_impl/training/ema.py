@@ -24,10 +24,15 @@ class EMA:
     def __init__(self, model: torch.nn.Module, decay: float = 0.999, min_decay: float = 0.0,
                  update_after_step: int = 0, use_warmup: bool = True, inv_gamma: float = 1.0,
                  power: float = 2 / 3):
+        self._set_schedule(decay, min_decay, update_after_step, use_warmup, inv_gamma, power)
+        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _set_schedule(self, decay: float = 0.999, min_decay: float = 0.0,
+                      update_after_step: int = 0, use_warmup: bool = True, inv_gamma: float = 1.0,
+                      power: float = 2 / 3) -> None:
         assert 0.0 <= min_decay <= decay < 1.0, "need 0 <= min_decay <= decay < 1"
         self.decay, self.min_decay, self.update_after_step = decay, min_decay, update_after_step
         self.use_warmup, self.inv_gamma, self.power = use_warmup, inv_gamma, power
-        self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
         self.optimization_step = 0
 
     def get_decay(self, optimization_step: int) -> float:

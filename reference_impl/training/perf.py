@@ -1,4 +1,4 @@
-"""GPU speed knobs (config section ``perf``) and the data-parallel strategy (``parallel``).
+"""GPU speed knobs (config section ``perf``).
 
 Each knob is a known trade of exactness or start-up time for throughput; each is a no-op on
 the CPU, so the ``ci`` and ``laptop`` presets train exactly as before:
@@ -27,14 +27,23 @@ def set_backend_flags(perf, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def prepare_model(model: torch.nn.Module, perf, device: torch.device) -> torch.nn.Module:
-    """Attention processor, memory layout and compilation of the UNet (before accelerate wraps it)."""
+def prepare_model(model: torch.nn.Module, perf, device: torch.device,
+                  compile: bool = True) -> torch.nn.Module:
+    """Attention processor, memory layout and compilation of the UNet (before accelerate wraps it).
+
+    ``compile=False`` leaves compilation to the caller: FSDP shards first, then compiles, so the
+    compiled graph sees the sharded parameters' all-gathers (see ``compile_model``).
+    """
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     if hasattr(model, "set_attn_processor"):
         model.set_attn_processor(AttnProcessor2_0() if perf.sdpa else AttnProcessor())
     if on_cuda(device) and perf.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return compile_model(model, perf, device) if compile else model
+
+
+def compile_model(model: torch.nn.Module, perf, device: torch.device) -> torch.nn.Module:
     if on_cuda(device) and perf.compile:
         model.compile()  # nn.Module.compile: same module, same parameter names
     return model
@@ -52,20 +61,3 @@ def make_optimizer(params, lr: float, weight_decay: float, perf, device: torch.d
     fused = bool(perf.fused_adamw and on_cuda(device))
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
                              **({"fused": True} if fused else {}))
-
-
-def fsdp_plugin(parallel):
-    """accelerate's FSDP2 plugin for ``parallel.strategy == "fsdp"``, else None.
-
-    full_shard = ZeRO-3 (parameters re-sharded after forward), shard_grad_op = ZeRO-2 (the
-    gathered parameters stay until backward). Submodules above ``fsdp_min_params`` parameters
-    become their own shard units, so only one unit is gathered at a time.
-    """
-    if parallel.strategy != "fsdp":
-        return None
-    from accelerate.utils import FullyShardedDataParallelPlugin
-
-    return FullyShardedDataParallelPlugin(
-        fsdp_version=2, reshard_after_forward=parallel.fsdp_sharding == "full_shard",
-        auto_wrap_policy="size_based_wrap", min_num_params=parallel.fsdp_min_params,
-        state_dict_type="SHARDED_STATE_DICT")

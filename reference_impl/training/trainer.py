@@ -8,9 +8,15 @@ One optimizer step (``train_step``):
   2. clip the gradient norm (the pre-clip norm is logged);
   3. health check: a non-finite loss or gradient skips the update; too many in a row abort;
   4. optimizer and LR schedule step, then the EMA folds in the new weights.
+
+Data parallelism (docs/scaling.md): ``parallel.strategy=ddp`` lets accelerate wrap the model in
+DDP; ``fsdp`` shards it with torch's FSDP2 (distributed/fsdp.py): the EMA is then sharded too,
+checkpoints are distributed (distributed/checkpoint.py), and sampling or export first gathers
+a whole copy.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -36,6 +42,8 @@ from ..diffusion.objectives import (
 )
 from ..diffusion.sampling import sample
 from ..diffusion.schedule import make_scheduler, snr
+from ..distributed import checkpoint as dcp_ckpt
+from ..distributed import fsdp as fsdp_lib
 from ..models.text_encoder import TextEncoder
 from ..models.unet import build_unet, count_parameters
 from . import checkpoint as ckpt
@@ -66,7 +74,6 @@ class Trainer:
         # group when told to use the CPU; otherwise every worker trains alone on all the data.
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         self.accelerator = Accelerator(mixed_precision=t.mixed_precision,
-                                       fsdp_plugin=perf.fsdp_plugin(cfg.parallel),
                                        step_scheduler_with_optimizer=False,
                                        cpu=launched > 1 and not torch.cuda.is_available())
         if self.accelerator.num_processes != launched:
@@ -74,22 +81,10 @@ class Trainer:
                                f"sees {self.accelerator.num_processes}: the workers would not "
                                "share gradients; see docs/scaling.md for the launch commands")
         self.device = self.accelerator.device
-        self.fsdp = self.accelerator.distributed_type == DistributedType.FSDP
-        if cfg.parallel.strategy == "fsdp" and not self.fsdp:
-            raise RuntimeError(
-                "parallel.strategy=fsdp: accelerate (1.15) applies FSDP only to multi-GPU launches "
-                f"(this run is {self.accelerator.distributed_type}); use parallel.strategy=ddp on "
-                "the CPU or a single device (docs/scaling.md)")
-        if self.fsdp:
-            # Sharding itself works (accelerate's FSDP2 plugin; distributed/checkpoint.py saves
-            # and reshards sharded state, tested on CPU). What is missing is the trainer's
-            # replicated-model code on top: the EMA deep-copies the model, checkpoints and the
-            # final export are written by rank 0 alone - with shards, rank 0 would save 1/N
-            # of the model. Refuse rather than write broken checkpoints.
-            raise NotImplementedError(
-                "parallel.strategy=fsdp (or an FSDP accelerate config): the trainer's EMA, "
-                "checkpoints and export assume a replicated model; train with DDP "
-                "(parallel.strategy=ddp, accelerate multi_gpu.yaml) - see docs/scaling.md")
+        # FSDP: asked for by the config, or by an accelerate launch with configs/accelerate/fsdp.yaml
+        # (whose sharding settings then apply). Either way we shard with fully_shard ourselves.
+        fsdp_launch = self.accelerator.distributed_type == DistributedType.FSDP
+        self.fsdp = cfg.parallel.strategy == "fsdp" or fsdp_launch
         perf.set_backend_flags(cfg.perf, self.device)
         self.run_dir = Path(cfg.output_dir)
         self.is_main = self.accelerator.is_main_process
@@ -101,7 +96,15 @@ class Trainer:
             cfg.model.preset, first_res, self.text.dim,
             **{k: v for k, v in (("block_out_channels", cfg.model.block_out_channels),
                                  ("layers_per_block", cfg.model.layers_per_block)) if v is not None})
-        model = perf.prepare_model(model, cfg.perf, self.device)
+        model = perf.prepare_model(model, cfg.perf, self.device, compile=not self.fsdp)
+        if self.fsdp:
+            reshard, min_params = fsdp_lib.settings_from_accelerate(
+                self.accelerator.state.fsdp_plugin) if fsdp_launch else (
+                cfg.parallel.fsdp_sharding == "full_shard", cfg.parallel.fsdp_min_params)
+            # the model's skeleton (meta device, no memory) to gather whole copies into later
+            self.template = copy.deepcopy(model).to("meta")
+            model = fsdp_lib.shard_model(model, self.device, reshard, min_params, t.mixed_precision)
+            model = perf.compile_model(model, cfg.perf, self.device)
         self.noise_scheduler = make_scheduler(cfg.diffusion.beta_schedule,
                                               cfg.diffusion.num_train_timesteps,
                                               cfg.diffusion.prediction_type,
@@ -111,9 +114,16 @@ class Trainer:
         optimizer = perf.make_optimizer(params, t.lr, t.weight_decay, cfg.perf, self.device)
         lr_sched = get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
                                  num_training_steps=self.total_steps)
-        self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
-            model, optimizer, lr_sched)
-        self.ema = EMA(self.raw_unet, decay=t.ema_decay, use_warmup=t.ema_warmup, power=t.ema_power)
+        ema_schedule = {"decay": t.ema_decay, "use_warmup": t.ema_warmup, "power": t.ema_power}
+        if self.fsdp:
+            # already sharded: accelerate must not wrap it in DDP as well. Its optimizer wrapper
+            # would add only fp16 loss scaling, which the config refuses with FSDP.
+            self.unet, self.optimizer, self.lr_scheduler = model, optimizer, lr_sched
+            self.ema = fsdp_lib.ShardedEMA(self.unet, **ema_schedule)
+        else:
+            self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
+                model, optimizer, lr_sched)
+            self.ema = EMA(self.raw_unet, **ema_schedule)
         self.health = HealthMonitor(spike_z=t.spike_z, max_bad_steps=t.max_bad_steps)
         # noise, timesteps and caption dropout: one generator, the same on every rank (see
         # micro_batch_loss), so a checkpoint's generator state is every rank's state
@@ -142,37 +152,63 @@ class Trainer:
                 return i
         return len(self.cfg.train.curriculum) - 1
 
-    def state(self) -> dict:
-        return {"unet": self.raw_unet.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
+    def replicated_state(self) -> dict:
+        """What every rank holds identically: schedules, counters, generators."""
+        return {"lr_scheduler": self.lr_scheduler.state_dict(),
                 "health": self.health.state_dict(),
                 "trainer": {"step": self.step, "stage_index": self.stage_index,
                             "stage_batches": self.stage_batches,
                             "generator": self.gen.get_state()},
                 "rng": ckpt.rng_state()}
 
+    def state(self) -> dict:
+        """Everything a (replicated-model) checkpoint holds."""
+        return {"unet": self.raw_unet.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), **self.replicated_state()}
+
     def save(self) -> Path | None:
+        """Checkpoint the run (every rank calls this); returns the folder (None on other ranks).
+
+        DDP / one process: rank 0 holds everything and writes it. FSDP: every rank writes its
+        shard of the weights, EMA and optimizer (a distributed checkpoint); rank 0 adds the rest.
+        """
         self.accelerator.wait_for_everyone()
-        path = None
-        if self.is_main:
-            path = ckpt.save_checkpoint(self.run_dir, self.step, self.state(),
-                                        keep=self.cfg.train.keep_checkpoints)
+        path, keep = None, self.cfg.train.keep_checkpoints
+        if self.fsdp:
+            path = dcp_ckpt.save_distributed(
+                ckpt.checkpoint_path(self.run_dir, self.step), self.unet, self.optimizer,
+                extra={**self.replicated_state(), "ema_step": self.ema.optimization_step},
+                sharded={"ema": self.ema.tensors})
+            if self.is_main:
+                ckpt.prune_checkpoints(self.run_dir, keep)
+        elif self.is_main:
+            path = ckpt.save_checkpoint(self.run_dir, self.step, self.state(), keep=keep)
         self.accelerator.wait_for_everyone()
-        return path
+        return path if self.is_main else None
 
     def _resume(self) -> None:
         if self.is_main:
             for p in ckpt.remove_partial(self.run_dir):
                 print(f"removed a partial checkpoint left by a crash: {p}")
+        self.accelerator.wait_for_everyone()  # nobody lists checkpoints while rank 0 cleans up
         path = ckpt.latest_checkpoint(self.run_dir)
         if path is None:
             print(f"--resume: no checkpoint in {self.run_dir}/checkpoints; starting fresh")
             return
-        s = ckpt.load_checkpoint(path)
-        self.raw_unet.load_state_dict(s["unet"])
-        self.ema.load_state_dict(s["ema"])
-        self.optimizer.load_state_dict(s["optimizer"])
+        if dcp_ckpt.is_distributed_checkpoint(path) != self.fsdp:
+            written, now = ("an FSDP", "ddp") if self.fsdp is False else ("a DDP/one-process", "fsdp")
+            raise RuntimeError(f"{path} was written by {written} run, this run uses "
+                               f"parallel.strategy={now}: resume with the strategy that wrote it")
+        if self.fsdp:
+            # loads into this run's shards, whatever world size wrote the checkpoint
+            s = dcp_ckpt.load_distributed(path, self.unet, self.optimizer,
+                                          sharded={"ema": self.ema.tensors})
+            self.ema.optimization_step = int(s["ema_step"])
+        else:
+            s = ckpt.load_checkpoint(path)
+            self.raw_unet.load_state_dict(s["unet"])
+            self.ema.load_state_dict(s["ema"])
+            self.optimizer.load_state_dict(s["optimizer"])
         self.lr_scheduler.load_state_dict(s["lr_scheduler"])
         self.health.load_state_dict(s["health"])
         tr = s["trainer"]
@@ -229,7 +265,12 @@ class Trainer:
             batch = next(stream)
             data_wait += time.perf_counter() - td
             last = micro == tc.grad_accum - 1
-            sync = nullcontext() if last else self.accelerator.no_sync(self.unet)
+            if last:
+                sync = nullcontext()
+            elif self.fsdp:
+                sync = fsdp_lib.no_grad_sync(self.unet)
+            else:
+                sync = self.accelerator.no_sync(self.unet)
             with sync:
                 loss, diag = self.micro_batch_loss(batch, inject_nan=inject)
                 # dividing by grad_accum makes the summed gradients the mean over all
@@ -241,7 +282,9 @@ class Trainer:
             bins.index_add_(0, b, diag["mse"])
             counts.index_add_(0, b, torch.ones_like(diag["mse"]))
         max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
-        grad_norm = float(self.accelerator.clip_grad_norm_(self.unet.parameters(), max_norm))
+        norm = self.accelerator.clip_grad_norm_(self.unet.parameters(), max_norm)
+        # under FSDP the norm is a DTensor (each rank summed its shard's squares): make it whole
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         if self.accelerator.num_processes > 1:  # the global batch's loss, the same on all ranks
             total = float(self.accelerator.reduce(torch.tensor(total, device=self.device), "mean"))
         report = self.health.check(total, grad_norm)
@@ -267,10 +310,22 @@ class Trainer:
         return rec
 
     # ------------------------------------------------------------------ the loop
+    def whole_models(self, raw: bool = True) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """(EMA model, raw model or None) as ordinary modules, for sampling and export.
+
+        Under FSDP no rank holds either: this gathers whole copies - a collective, so every
+        rank must call it. Otherwise it returns the models themselves.
+        """
+        if not self.fsdp:
+            return self.ema.shadow, (self.raw_unet if raw else None)
+        ema = self.ema.full(self.template, self.device)
+        whole = fsdp_lib.gather_full(self.template, self.unet.state_dict(), self.device) if raw else None
+        return ema, whole
+
     def sample_fn(self, resolution: int, model: torch.nn.Module | None = None):
         """(prompts, seed) -> images from ``model`` (default: the EMA weights)."""
         d = self.cfg.diffusion
-        model = self.ema.shadow if model is None else model
+        model = self.whole_models(raw=False)[0] if model is None else model
 
         def fn(prompts: list[str], seed: int) -> torch.Tensor:
             return sample(model, self.text, prompts, resolution, self.noise_scheduler,
@@ -278,10 +333,15 @@ class Trainer:
                           guidance_rescale=d.guidance_rescale, seed=seed)
         return fn
 
-    def validate(self, resolution: int) -> dict:
-        if self.validator is None or not self.is_main:
+    def validate(self, resolution: int, ema_model: torch.nn.Module | None = None) -> dict:
+        """Validation metrics of the EMA weights (every rank calls this; rank 0 measures)."""
+        if self.validator is None:
             return {}
-        out = self.validator.run(self.sample_fn(resolution), step=self.step,
+        if ema_model is None:
+            ema_model = self.whole_models(raw=False)[0]  # under FSDP: a gather, all ranks
+        if not self.is_main:
+            return {}
+        out = self.validator.run(self.sample_fn(resolution, ema_model), step=self.step,
                                  out_dir=self.run_dir / "samples")
         return {f"val/{k}": v for k, v in out.items() if isinstance(v, (int, float))}
 
@@ -364,14 +424,15 @@ class Trainer:
 
     def finish(self, writer, log_path: Path) -> None:
         """Final validation (EMA and raw weights), export in diffusers format, a sample grid."""
+        ema_model, raw_model = self.whole_models()  # under FSDP: gathered on every rank
         if not self.is_main:
             return
         res = self.cfg.train.curriculum[-1].resolution
         final = {"step": self.step, "final": True}
         if self.validator is not None:
-            final.update(self.validate(res))
-            raw = self.validator.run(self.sample_fn(res, self.raw_unet), step=self.step, out_dir=None)
+            final.update(self.validate(res, ema_model))
+            raw = self.validator.run(self.sample_fn(res, raw_model), step=self.step, out_dir=None)
             final.update({f"val_raw/{k}": v for k, v in raw.items() if isinstance(v, (int, float))})
             self._log(final, log_path, writer)
-        ckpt.export_final(self.run_dir, self.raw_unet, self.ema.shadow, to_dict(self.cfg),
+        ckpt.export_final(self.run_dir, raw_model, ema_model, to_dict(self.cfg),
                           self.noise_scheduler)
