@@ -16,14 +16,13 @@ same config in one process with batch 8. What must hold:
 * only rank 0 writes: checkpoints, metrics, final export and the text-embedding cache.
 """
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun import launch
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS, PER_RANK_BATCH, ACCUM = 3, 4, 2
 # DDP averages two half-batch gradients instead of one full-batch mean: the same sum in another
 # order. After 3 AdamW steps the weights agree to ~1e-7; 1e-5 leaves room for other CPUs.
@@ -39,6 +38,7 @@ def overrides(run_dir, batch):
 def worker(out: Path) -> None:
     """Runs in each launched process."""
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torchrun import count_micro_batches
 
     from reference_impl.config import load_config
     from reference_impl.data.curriculum import BatchStream, stage_dataset
@@ -53,27 +53,13 @@ def worker(out: Path) -> None:
     assert acc.num_processes == 2 and acc.distributed_type.value == "MULTI_CPU"
 
     # record, for every gradient all-reduce, which micro-batch of the step triggered it
-    micro = {"n": None}
+    micro = count_micro_batches(trainer)
     reduces = []
 
     def counting_hook(state, bucket):
         reduces.append(micro["n"])
         return allreduce_hook(state, bucket)
     trainer.unet.register_comm_hook(None, counting_hook)
-    loss_fn, step_fn = trainer.micro_batch_loss, trainer.train_step
-
-    def counted_loss(*a, **k):
-        if micro["n"] is not None:
-            micro["n"] += 1
-        return loss_fn(*a, **k)
-
-    def counted_step(stream):
-        micro["n"] = 0
-        try:
-            return step_fn(stream)
-        finally:
-            micro["n"] = None
-    trainer.micro_batch_loss, trainer.train_step = counted_loss, counted_step
     trainer.fit()
 
     stream = BatchStream(stage_dataset(cfg.data, cfg.train.curriculum[0]), cfg.data,
@@ -88,15 +74,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           __file__, str(out)]
-    try:
-        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"torchrun hung: {e.stdout}\n{e.stderr}")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    launch(__file__, out, timeout=300)
     ranks = [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
 
     from reference_impl.config import load_config

@@ -8,15 +8,13 @@ reshards) and takes the step again: equal to the sharded run within float roundi
 sharded all-gather / reduce-scatter may sum in another order.
 """
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun import launch
 
-REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-6  # 1-rank vs 2-rank: the same math, possibly another summation order
 
 
@@ -92,14 +90,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def two_rank_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dcp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           __file__, str(out)]
-    try:
-        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"torchrun hung: {e.stdout}\n{e.stderr}")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    launch(__file__, out, timeout=240)
     return out, json.loads((out / "report.json").read_text())
 
 

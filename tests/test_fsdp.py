@@ -17,14 +17,13 @@ process with batch 8 (no sharding). What must hold:
 """
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun import launch
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS, PER_RANK_BATCH, ACCUM = 3, 4, 2
 # As in test_ddp: the same sums in another order; after 3 AdamW steps ~1e-7 apart.
 TOL = 1e-5
@@ -119,6 +118,7 @@ def test_fsdp_needs_processes_and_refuses_fp16(tmp_path):
 def worker(out: Path) -> None:
     """Runs in each launched process."""
     import torch.distributed as dist
+    from torchrun import count_micro_batches
 
     from reference_impl.config import load_config
     from reference_impl.distributed.fsdp import local_numel
@@ -133,7 +133,7 @@ def worker(out: Path) -> None:
     assert trainer.fsdp and trainer.accelerator.num_processes == 2
 
     # record, for every gradient reduce-scatter, which micro-batch of the step triggered it
-    micro = {"n": None}
+    micro = count_micro_batches(trainer)
     reduces = []
     real_rs = dist.reduce_scatter_single
 
@@ -141,20 +141,6 @@ def worker(out: Path) -> None:
         reduces.append(micro["n"])
         return real_rs(*a, **k)
     dist.reduce_scatter_single = counting_rs
-    loss_fn, step_fn = trainer.micro_batch_loss, trainer.train_step
-
-    def counted_loss(*a, **k):
-        if micro["n"] is not None:
-            micro["n"] += 1
-        return loss_fn(*a, **k)
-
-    def counted_step(stream):
-        micro["n"] = 0
-        try:
-            return step_fn(stream)
-        finally:
-            micro["n"] = None
-    trainer.micro_batch_loss, trainer.train_step = counted_loss, counted_step
     trainer.fit()
     dist.reduce_scatter_single = real_rs
     ema, raw = trainer.whole_models()
@@ -186,16 +172,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
-    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           __file__, str(out)]
-    try:
-        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
-                           check=False)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"torchrun hung: {e.stdout}\n{e.stderr}")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    launch(__file__, out, timeout=400)
     ranks = [torch.load(out / f"rank{i}.pt", weights_only=False) for i in range(2)]
 
     from reference_impl.config import load_config
