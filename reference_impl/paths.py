@@ -5,6 +5,8 @@ directory), so tests can point it at a temporary folder and CI can keep it betwe
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -15,3 +17,8 @@ def cache_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def content_hash(obj) -> str:
+    """12 hex digits naming a cached artefact by what made it (a JSON-able config)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]

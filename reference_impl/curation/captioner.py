@@ -20,8 +20,6 @@ filter, as LAION re-used CLIP embeddings (Schuhmann et al. 2022, arXiv 2210.0840
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +38,7 @@ from ..data.shapes import (
     sample_scene,
 )
 from ..data.vocab import ATTRIBUTES
-from ..paths import cache_dir
+from ..paths import cache_dir, content_hash
 
 QUALITY_KEYS = ("blur", "noise", "offset", "level")  # regressed, each scaled to about [0, 1]
 _QUALITY_SCALE = (BLUR_RANGE[1], NOISE_RANGE[1], OFFSET_RANGE[1], 1.0)
@@ -72,8 +70,7 @@ class CaptionerConfig:
                            brand_fraction=self.brand_fraction, hq_fraction=self.hq_fraction)
 
     def hash(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return content_hash(dataclasses.asdict(self))
 
 
 class AttributeNet(nn.Module):

@@ -13,8 +13,6 @@ target *recall* (default: every unsafe validation image), not at 0.5; precision 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.shapes import WorldConfig
-from ..paths import cache_dir
+from ..paths import cache_dir, content_hash
 from .captioner import AutoCaptioner, render_world
 
 
@@ -43,8 +41,7 @@ class SafetyConfig:
     seed: int = 0
 
     def hash(self, captioner: AutoCaptioner) -> str:
-        text = json.dumps([dataclasses.asdict(self), captioner.cfg.hash()], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return content_hash([dataclasses.asdict(self), captioner.cfg.hash()])
 
 
 def threshold_for_recall(scores: torch.Tensor, unsafe: torch.Tensor, recall: float) -> float:

@@ -18,7 +18,6 @@ accuracy on. The weights are cached on disk, keyed by a hash of the config and `
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..data.shapes import WorldConfig, labels, render, sample_scene
 from ..data.vocab import ATTRIBUTES
-from ..paths import cache_dir
+from ..paths import cache_dir, content_hash
 
 VERSION = "1"  # bump when the architecture or the training recipe changes
 
@@ -71,8 +70,7 @@ class ProbeConfig:
                            brand_fraction=self.brand_fraction)
 
     def key(self) -> str:
-        blob = json.dumps({"version": VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return content_hash({"version": VERSION, **dataclasses.asdict(self)})
 
 
 def prepare_images(images: torch.Tensor, size: int) -> torch.Tensor:
