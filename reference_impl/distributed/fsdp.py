@@ -153,17 +153,13 @@ class ShardedEMA(EMA):
         with torch.no_grad():
             self.tensors = {n: t.detach().clone() for n, t in model.state_dict().items()}
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> float:
-        self.optimization_step += 1
-        d = self.get_decay(self.optimization_step)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        for name, t in model.state_dict().items():
-            if name in trainable:
-                self.tensors[name].lerp_(t.detach().to(self.tensors[name].dtype), 1.0 - d)
-            else:  # frozen parameters and buffers are copied, as in EMA
-                self.tensors[name].copy_(t.detach())
-        return d
+    def _pairs(self, model: torch.nn.Module):
+        """EMA.update's loop, by name: this rank's EMA shard and the model's shard."""
+        for name, p in model.named_parameters():
+            yield self.tensors[name], p, p.requires_grad
+        for name, b in model.named_buffers():
+            if name in self.tensors:  # non-persistent buffers are not in the state dict
+                yield self.tensors[name], b, False
 
     def full(self, template: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """The whole EMA model (a collective: every rank calls it)."""

@@ -51,14 +51,19 @@ class EMA:
         """Fold the current weights in; returns the decay used."""
         self.optimization_step += 1
         d = self.get_decay(self.optimization_step)
-        for ema_p, p in zip(self.shadow.parameters(), model.parameters()):
-            if p.requires_grad:
-                ema_p.lerp_(p.detach().to(ema_p.dtype), 1.0 - d)  # ema + (1-d)(p - ema)
-            else:
-                ema_p.copy_(p.detach())
-        for ema_b, b in zip(self.shadow.buffers(), model.buffers()):
-            ema_b.copy_(b)
+        for ema_t, t, averaged in self._pairs(model):
+            if averaged:
+                ema_t.lerp_(t.detach().to(ema_t.dtype), 1.0 - d)  # ema + (1-d)(p - ema)
+            else:  # frozen parameters and buffers are copied
+                ema_t.copy_(t.detach())
         return d
+
+    def _pairs(self, model: torch.nn.Module):
+        """(EMA tensor, model tensor, averaged?) for every parameter and buffer."""
+        for ema_p, p in zip(self.shadow.parameters(), model.parameters()):
+            yield ema_p, p, p.requires_grad
+        for ema_b, b in zip(self.shadow.buffers(), model.buffers()):
+            yield ema_b, b, False
 
     def state_dict(self) -> dict:
         return {"shadow": self.shadow.state_dict(), "optimization_step": self.optimization_step}

@@ -177,8 +177,7 @@ class Trainer:
         if self.fsdp:
             path = dcp_ckpt.save_distributed(
                 ckpt.checkpoint_path(self.run_dir, self.step), self.unet, self.optimizer,
-                extra={**self.replicated_state(), "ema_step": self.ema.optimization_step},
-                sharded={"ema": self.ema.tensors})
+                extra=self.replicated_state(), sharded={"ema": self.ema.state_dict()})
             if self.is_main:
                 ckpt.prune_checkpoints(self.run_dir, keep)
         elif self.is_main:
@@ -196,14 +195,14 @@ class Trainer:
             print(f"--resume: no checkpoint in {self.run_dir}/checkpoints; starting fresh")
             return
         if dcp_ckpt.is_distributed_checkpoint(path) != self.fsdp:
-            written, now = ("an FSDP", "ddp") if self.fsdp is False else ("a DDP/one-process", "fsdp")
+            written, now = ("a DDP/one-process", "fsdp") if self.fsdp else ("an FSDP", "ddp")
             raise RuntimeError(f"{path} was written by {written} run, this run uses "
                                f"parallel.strategy={now}: resume with the strategy that wrote it")
         if self.fsdp:
             # loads into this run's shards, whatever world size wrote the checkpoint
-            s = dcp_ckpt.load_distributed(path, self.unet, self.optimizer,
-                                          sharded={"ema": self.ema.tensors})
-            self.ema.optimization_step = int(s["ema_step"])
+            ema = self.ema.state_dict()  # DCP fills these shards (and the step count) in place
+            s = dcp_ckpt.load_distributed(path, self.unet, self.optimizer, sharded={"ema": ema})
+            self.ema.load_state_dict(ema)
         else:
             s = ckpt.load_checkpoint(path)
             self.raw_unet.load_state_dict(s["unet"])
