@@ -6,6 +6,8 @@ The cache (probe weights, caption embeddings) is shared by the whole session in
 import os
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -24,3 +26,11 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(scope="session")
+def probe():
+    """The evaluation probe: trained once (or loaded from the test cache) for the session."""
+    from reference_impl.evaluation.probe import get_probe
+
+    return get_probe(progress=False)

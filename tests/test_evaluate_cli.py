@@ -8,7 +8,6 @@ import pytest
 import torch
 from torchvision.utils import save_image
 
-from reference_impl.evaluation.probe import get_probe
 from reference_impl.evaluation.report import plot_run
 from reference_impl.evaluation.validation import real_images, validation_prompts
 
@@ -16,8 +15,8 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cached_probe():
-    return get_probe(progress=False)  # trained (or loaded) once, so the subprocesses load it
+def cached_probe(probe):
+    return probe  # trained (or loaded) once, so the subprocesses load it from the cache
 
 
 def cli(*args):

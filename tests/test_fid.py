@@ -17,12 +17,6 @@ from reference_impl.evaluation.fid import (
     frechet_distance,
     plot_corruption_curve,
 )
-from reference_impl.evaluation.probe import get_probe
-
-
-@pytest.fixture(scope="module")
-def probe():
-    return get_probe(progress=False)
 
 
 def test_diagonal_covariances_match_closed_form():

@@ -16,13 +16,7 @@ from reference_impl.evaluation.metrics import (
     prompt_accuracy,
     sharpness_contrast,
 )
-from reference_impl.evaluation.probe import get_probe
 from reference_impl.evaluation.validation import Validator, validation_prompts
-
-
-@pytest.fixture(scope="module")
-def probe():
-    return get_probe(progress=False)
 
 
 def ground_truth(prompts, resolution):

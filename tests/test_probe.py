@@ -20,11 +20,6 @@ WEB = {"kind": 0.94, "colour": 0.96, "size": 0.98, "count": 0.98, "background": 
        "style": 0.98, "unsafe": 0.99}
 
 
-@pytest.fixture(scope="module")
-def probe():
-    return get_probe(progress=False)
-
-
 def test_held_out_scenes_are_disjoint_from_training_scenes():
     with pytest.raises(ValueError, match="held-out"):
         ProbeConfig(num_train=5000, heldout_start=1000)
