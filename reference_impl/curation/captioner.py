@@ -38,6 +38,7 @@ from ..data.shapes import (
     sample_scene,
 )
 from ..data.vocab import ATTRIBUTES
+from ..evaluation.probe import prepare_images
 from ..paths import cache_dir, content_hash
 
 QUALITY_KEYS = ("blur", "noise", "offset", "level")  # regressed, each scaled to about [0, 1]
@@ -123,7 +124,7 @@ def render_world(world: WorldConfig, start: int, n: int, resolutions: int | tupl
         for k in range(0, len(rows), 2048):
             chunk = rows[k:k + 2048]
             drawn = render([scenes[i] for i in chunk], r, world.seed) * 2 - 1
-            images[chunk] = to_net_input(drawn, size)
+            images[chunk] = prepare_images(drawn, size)
     return scenes, images
 
 
@@ -157,23 +158,6 @@ def train_attribute_net(cfg: CaptionerConfig, progress: bool = True) -> Attribut
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     return net.eval()
-
-
-def to_net_input(images: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Check images are (B, 3, H, W) in [-1, 1] and resize them to the network's resolution."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -1.5 or hi > 1.5:  # slack for unclamped samples; 0..1 or 0..255 data is a bug
-        raise ValueError(f"expected images in [-1, 1], got values in [{lo:.2f}, {hi:.2f}] "
-                         "(rescale 0..1 images with 2x - 1, 0..255 images with x / 127.5 - 1)")
-    images = images.float().clamp(-1, 1)
-    if images.shape[-1] != resolution or images.shape[-2] != resolution:
-        images = F.interpolate(images, size=(resolution, resolution), mode="bilinear",
-                               antialias=True, align_corners=False)
-    return images
 
 
 def write_caption(attributes: dict[str, int]) -> str:
@@ -215,7 +199,7 @@ class AutoCaptioner:
 
     @torch.no_grad()
     def _run(self, images: torch.Tensor, batch_size: int = 512):
-        x = to_net_input(images, self.cfg.resolution)
+        x = prepare_images(images, self.cfg.resolution)
         outs = [self.net(x[i:i + batch_size].to(self.device)) for i in range(0, len(x), batch_size)]
         feats = torch.cat([o[0] for o in outs]).cpu()
         logits = {k: torch.cat([o[1][k] for o in outs]).cpu() for k in ATTRIBUTES}
@@ -256,7 +240,7 @@ class VLMCaptioner:
     @torch.no_grad()
     def caption(self, images: torch.Tensor) -> list[str]:
         """images (B, 3, H, W) in [-1, 1] -> B strings."""
-        x = to_net_input(images, images.shape[-1])
+        x = prepare_images(images, images.shape[-1])
         pixels = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # what processors expect
         kwargs = {"images": list(pixels), "return_tensors": "pt"}
         if self.prompt is not None:
