@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= laptop
 PYTEST_ARGS ?=
 
-.PHONY: venv test train pretrain bench lectures release grade clean-venv lint
+.PHONY: venv test train pretrain bench lectures release grade clean-venv lint results
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ train: venv
 
 pretrain: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m reference_impl train --config $(CONFIG)
+
+# Every experiment at full scale (or from its cache) -> docs/results.md and docs/figures/results/.
+results: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m reference_impl results --scale full
 
 bench: venv
 	HF_HUB_OFFLINE=1 $(PY) -m reference_impl bench data --resolution 32 --json

@@ -19,6 +19,8 @@ COMMANDS = {
     "report": ("reference_impl.evaluation.report", "turn a run's metrics into figures"),
     "pipeline": ("reference_impl.pipeline", "run the whole lifecycle, stage by stage"),
     "bench": ("reference_impl.bench", "throughput benchmarks (data, train)"),
+    "experiment": ("reference_impl.experiments.commands", "run one claim's experiment (--list)"),
+    "results": ("reference_impl.experiments.results_page", "every experiment -> docs/results.md"),
 }
 
 
