@@ -2,7 +2,13 @@
 import os
 from pathlib import Path
 
-from reference_impl.evaluation.stats import bootstrap_interval, decide, mean, ratio_of_means, t_interval
+from reference_impl.evaluation.stats import (
+    bootstrap_interval,
+    decide,
+    mean,
+    ratio_of_means,
+    t_interval,
+)
 from reference_impl.experiments.runner import Arm, Experiment, Outcome
 
 

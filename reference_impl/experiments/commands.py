@@ -38,8 +38,8 @@ def describe(res) -> str:
         lines.append(f"  {a.name:<{width}}  {a.metric}: {a.text()}  [{a.interval}]")
     lines += ["", f"headline: {res.headline.metric}: {res.headline.text()}",
               f"verdict:  {res.verdict.upper()} - {res.reason}",
-              f"wall time: {res.wall_s:.0f} s ({res.units_cached} of {len(res.unit_seconds)} "
-              "runs from the cache)"]
+              (f"wall time: {res.wall_s:.0f} s ({res.units_cached} of {len(res.unit_seconds)} "
+              "runs from the cache)")]
     lines += [f"figure:   {f}" for f in res.figures]
     return "\n".join(lines)
 

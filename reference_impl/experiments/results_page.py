@@ -49,10 +49,10 @@ def write_page(results: list[Result], out: Path) -> Path:
     lines = [
         "# Results: every claim of the course, measured",
         "",
-        "Written by `python -m reference_impl results` (`make results`) at scale "
+        ("Written by `python -m reference_impl results` (`make results`) at scale "
         f"**{', '.join(scales)}** on {datetime.date.today().isoformat()}. Each verdict follows a "
         "rule fixed before the run (below each experiment). Intervals are 95%; n says over what. "
-        "FID is a *domain-FID* on the features of our ShapesWorld probe, not Inception-FID.",
+        "FID is a *domain-FID* on the features of our ShapesWorld probe, not Inception-FID."),
         "",
         "| claim | measured | verdict | lecture | figure |",
         "|---|---|---|---|---|",
@@ -67,10 +67,10 @@ def write_page(results: list[Result], out: Path) -> Path:
                   f"**Rule (fixed before the run).** {r.rule}", "",
                   f"**Published anchor.** {r.anchor}", "", r.table(), "",
                   f"**Verdict: {r.verdict}.** {r.reason}", "",
-                  f"Scale {r.scale}, seeds {r.seeds}; wall time {r.wall_s / 60:.1f} min on "
+                  (f"Scale {r.scale}, seeds {r.seeds}; wall time {r.wall_s / 60:.1f} min on "
                   f"{m.get('cpus')} cores ({m.get('processor')}, torch {m.get('torch')}); "
                   f"{r.units_cached} of {len(r.unit_seconds)} runs loaded from the cache; "
-                  f"config key `{r.config_key}`.", ""]
+                  f"config key `{r.config_key}`."), ""]
         lines += [f"![{r.name}]({f})" for f in figs[r.name]]
     page = out / "results.md"
     page.write_text("\n".join(lines) + "\n")
