@@ -9,7 +9,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= laptop
-PYTEST_ARGS ?=
+# Two pytest-xdist workers of one torch thread each (conftest.py pins the threads): the
+# 2-core laptop's two cores. --dist loadfile keeps a file's module fixtures on one worker.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: venv test train pretrain bench lectures release grade clean-venv lint results
 

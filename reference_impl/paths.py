@@ -5,6 +5,7 @@ directory), so tests can point it at a temporary folder and CI can keep it betwe
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,3 +23,22 @@ def cache_dir(*parts: str) -> Path:
 def content_hash(obj) -> str:
     """12 hex digits naming a cached artefact by what made it (a JSON-able config)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def build_lock(path: Path):
+    """Hold an exclusive lock named after ``path`` while it is checked for and built.
+
+    Two processes that need the same cached artefact at once (pytest-xdist workers, an
+    experiment's worker processes) would otherwise both train it; with the lock the second
+    waits, then finds the file and loads it.
+    """
+    import fcntl
+
+    lock = Path(path).with_suffix(Path(path).suffix + ".lock")
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

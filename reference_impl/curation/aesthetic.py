@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.shapes import WorldConfig
-from ..paths import cache_dir, content_hash
+from ..paths import build_lock, cache_dir, content_hash
 from .captioner import AutoCaptioner, render_world
 
 
@@ -75,15 +75,16 @@ class AestheticScorer:
         cfg = cfg or AestheticConfig()
         path = cache_dir("aesthetic") / f"{cfg.hash(captioner)}.pt"
         head = AestheticHead(captioner.cfg.feature_dim, cfg.hidden)
-        if path.exists():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            head.load_state_dict(state["head"])
-            return cls(captioner, head, state["norm"])
-        scorer = train_aesthetic(captioner, cfg)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"head": scorer.head.state_dict(), "norm": scorer.norm}, tmp)
-        tmp.replace(path)
-        return scorer
+        with build_lock(path):  # a parallel process waits, then loads what this one trained
+            if path.exists():
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                head.load_state_dict(state["head"])
+                return cls(captioner, head, state["norm"])
+            scorer = train_aesthetic(captioner, cfg)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"head": scorer.head.state_dict(), "norm": scorer.norm}, tmp)
+            tmp.replace(path)
+            return scorer
 
 
 def train_aesthetic(captioner: AutoCaptioner, cfg: AestheticConfig) -> AestheticScorer:

@@ -39,7 +39,7 @@ from ..data.shapes import (
 )
 from ..data.vocab import ATTRIBUTES
 from ..evaluation.probe import prepare_images
-from ..paths import cache_dir, content_hash
+from ..paths import build_lock, cache_dir, content_hash
 
 QUALITY_KEYS = ("blur", "noise", "offset", "level")  # regressed, each scaled to about [0, 1]
 _QUALITY_SCALE = (BLUR_RANGE[1], NOISE_RANGE[1], OFFSET_RANGE[1], 1.0)
@@ -184,13 +184,14 @@ class AutoCaptioner:
         cfg = cfg or CaptionerConfig()
         path = cache_dir("captioner") / f"{cfg.hash()}.pt"
         net = AttributeNet(cfg.width, cfg.feature_dim, cfg.resolution)
-        if path.exists():
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        else:
-            net = train_attribute_net(cfg, progress)
-            tmp = path.with_suffix(".tmp")
-            torch.save(net.state_dict(), tmp)
-            tmp.replace(path)  # atomic: a parallel reader never sees half a file
+        with build_lock(path):  # a parallel process waits, then loads what this one trained
+            if path.exists():
+                net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            else:
+                net = train_attribute_net(cfg, progress)
+                tmp = path.with_suffix(".tmp")
+                torch.save(net.state_dict(), tmp)
+                tmp.replace(path)  # atomic: a parallel reader never sees half a file
         return cls(net, cfg)
 
     @property

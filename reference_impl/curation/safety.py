@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.shapes import WorldConfig
-from ..paths import cache_dir, content_hash
+from ..paths import build_lock, cache_dir, content_hash
 from .captioner import AutoCaptioner, render_world
 
 
@@ -74,15 +74,16 @@ class SafetyFilter:
         cfg = cfg or SafetyConfig()
         path = cache_dir("safety") / f"{cfg.hash(captioner)}.pt"
         head = nn.Linear(captioner.cfg.feature_dim, 1)
-        if path.exists():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            head.load_state_dict(state["head"])
-            return cls(captioner, head, float(state["threshold"]))
-        filt = train_safety_filter(captioner, cfg)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"head": filt.head.state_dict(), "threshold": filt.threshold}, tmp)
-        tmp.replace(path)
-        return filt
+        with build_lock(path):  # a parallel process waits, then loads what this one trained
+            if path.exists():
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                head.load_state_dict(state["head"])
+                return cls(captioner, head, float(state["threshold"]))
+            filt = train_safety_filter(captioner, cfg)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"head": filt.head.state_dict(), "threshold": filt.threshold}, tmp)
+            tmp.replace(path)
+            return filt
 
     def check_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Output-side check of generated images: (mask_blocked (B,) bool, stats)."""

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..data.shapes import WorldConfig, labels, render, sample_scene
 from ..data.vocab import ATTRIBUTES
-from ..paths import cache_dir, content_hash
+from ..paths import build_lock, cache_dir, content_hash
 
 VERSION = "1"  # bump when the architecture or the training recipe changes
 
@@ -242,6 +242,16 @@ def get_probe(cfg: ProbeConfig | None = None, device: str | torch.device = "cpu"
     if key in _LOADED:
         return _LOADED[key]
     path = cache_dir("probe") / f"probe-{cfg.key()}.pt"
+    with build_lock(path):  # a parallel process waits for this one's training, then loads
+        probe = _load_or_train(cfg, path, progress)
+    probe = probe.to(device).eval()
+    for p in probe.parameters():
+        p.requires_grad_(False)  # a yardstick, never trained by whoever uses it
+    _LOADED[key] = probe
+    return probe
+
+
+def _load_or_train(cfg: ProbeConfig, path, progress: bool) -> Probe:
     probe = Probe(cfg)
     if path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -257,8 +267,4 @@ def get_probe(cfg: ProbeConfig | None = None, device: str | torch.device = "cpu"
             for split, acc in probe.report["heldout_accuracy"].items():
                 tqdm.write(f"probe held-out accuracy, {split}: "
                            + ", ".join(f"{a} {v:.3f}" for a, v in acc.items()))
-    probe = probe.to(device).eval()
-    for p in probe.parameters():
-        p.requires_grad_(False)  # a yardstick, never trained by whoever uses it
-    _LOADED[key] = probe
     return probe
