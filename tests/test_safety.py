@@ -21,12 +21,18 @@ def safety():
 
 
 def test_precision_and_recall_on_heldout_web_images(safety):
+    # The captioner and the filter are trained fresh on each machine and their floats differ by
+    # CPU, so these are thresholds with a margin, not bitwise results. Measured over 9 trainings
+    # (captioner seeds 0-2 x filter seeds 0-2, one machine): 32 px recall min 0.998 (1 miss of
+    # 582), precision min 0.997; 16 px recall min 0.993 (2 misses of 289), precision 1.0.
+    # Another machine gave 16 px recall 0.9896 (3 misses). The bounds allow about twice the
+    # worst miss count seen: 32 px >= 0.99 (5 of 582), 16 px >= 0.98 (5 of 289).
     res = evaluate_on_world(safety, GENEROUS, start=0, n=2000)
     assert res["n"] == 2000 and res["n_unsafe"] > 500
-    assert res["recall"] >= 0.99, res  # measured 1.0 (582 of 582)
-    assert res["precision"] >= 0.95, res  # measured 1.0
+    assert res["recall"] >= 0.99, res
+    assert res["precision"] >= 0.95, res
     res16 = evaluate_on_world(safety, GENEROUS, start=2000, n=1000, resolution=16)
-    assert res16["recall"] >= 0.99 and res16["precision"] >= 0.95, res16  # measured 1.0, 1.0
+    assert res16["recall"] >= 0.98 and res16["precision"] >= 0.95, res16
 
 
 def test_filter_dataset_drops_the_unsafe_items(safety):
