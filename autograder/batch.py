@@ -3,16 +3,19 @@
     SUBMISSIONS/<student>/<assignment>/<notebook>.ipynb  ->  OUT/grades.csv,
     OUT/feedback/<student>/<assignment>.html, OUT/manual_grades.csv, OUT/results.json
 
-A driver that crashes or overruns its wall clock costs that student only (score 0 with a
-note); the batch always finishes; it exits 0 when every submission was graded (1 if the grader
-itself failed for one, which the CSV then shows with 0 points and a note).
+The hidden checks' expected values are computed once per batch, here on the trusted side, by
+running the source's solution through the harness (checks.py); a reference that fails its own
+checks stops the batch before any student is graded. A driver that crashes or overruns its wall
+clock costs that student only (score 0 with a note); the batch always finishes.
 """
 from __future__ import annotations
 
 import csv
 import json
 import os
+import queue
 import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -20,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from . import feedback
+from . import checks, feedback
 from . import notebook as nbu
-from .sandbox import Limits
+from .sandbox import Limits, describe
 
 NAME = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 MANUAL_FIELDS = ["student", "assignment", "cell", "max_points", "points", "rubric", "answer"]
@@ -46,6 +49,7 @@ def venv_env() -> dict[str, str]:
 def _run_driver(job: dict, tmp: Path, log: Path) -> dict:
     jf, rf = tmp / f"{job['key']}.job.json", tmp / f"{job['key']}.result.json"
     jf.write_text(json.dumps(job))
+    os.chmod(jf, 0o600)
     try:
         with open(log, "w") as lf:
             proc = subprocess.run([sys.executable, "-m", "autograder.driver", str(jf), str(rf)],
@@ -56,42 +60,81 @@ def _run_driver(job: dict, tmp: Path, log: Path) -> dict:
         why = f"grading process failed (exit {proc.returncode}), see {log.name}"
     except subprocess.TimeoutExpired:
         why = "grading process exceeded the wall-clock limit"
-    return dict(notebook=job["notebook"], results={}, flags=[], notes=[why], cells=[],
-                failed=True)
+    return dict(notebook=job["notebook"], results={}, flags=[], notes=[why], cells=[])
+
+
+def _plain_dir(p: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(p).st_mode)
+    except OSError:
+        return False
+
+
+def reference_expected(course: Path, limits: Limits) -> dict[tuple[str, str], dict]:
+    """{(assignment, notebook): {checks, expected}}: the hidden cases and their expected values
+    from the source's own solution (the drivers get both; the jails get inputs only)."""
+    out = {}
+    env = dict(venv_env(), OMP_NUM_THREADS="1", MPLBACKEND="Agg", COURSE_FAST="1")
+    for a, nbs in assignments(course).items():
+        for nb in nbs:
+            src = nbu.read(course / "solutions" / a / nb)
+            spec = checks.spec(src)
+            ref = checks.run_reference(src, spec, limits.cell_timeout, env)
+            out[(a, nb)] = dict(checks=spec, expected=checks.expected(spec, ref))
+    return out
 
 
 def grade(submissions: Path, out: Path, course: Path, limits: Limits, sandbox: bool,
-          jobs: int = 1) -> list[dict]:
-    """Grade every ``student/assignment`` folder found; return the CSV records."""
+          jobs: int = 1, notebook_run: bool = True) -> list[dict]:
+    """Grade every ``student/assignment`` folder found; return the CSV records.
+
+    ``notebook_run=False`` skips the feedback run (faster; scores are the same, the feedback
+    then shows the cells without outputs)."""
     submissions, out, course = Path(submissions), Path(out), Path(course)
     todo, records = [], []
     known = assignments(course)
-    for sdir in sorted(p for p in submissions.iterdir() if p.is_dir()):
+    for sdir in sorted(p for p in submissions.iterdir() if p.is_dir() or p.is_symlink()):
         for a, nbs in known.items():
-            if not (sdir / a).is_dir():
+            if not (sdir / a).exists() and not (sdir / a).is_symlink():
                 continue
-            if not NAME.match(sdir.name):
+            why = ("student folder name not allowed" if not NAME.match(sdir.name) else
+                   "the student folder is a link" if not _plain_dir(sdir) else
+                   "the assignment folder is a link or not a folder"
+                   if not _plain_dir(sdir / a) else None)
+            if why:
                 records.append(dict(student=sdir.name, assignment=a, graded=[],
-                                    notes=["student folder name not allowed: not graded"]))
+                                    notes=[f"{why}: not graded"]))
                 continue
             todo.append((sdir.name, a, nbs))
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    expected = reference_expected(course, limits)
+    slots: queue.Queue = queue.Queue()
+    for k in range(max(1, jobs)):
+        slots.put(k)
     with tempfile.TemporaryDirectory(prefix="autograder-") as tmp:
+        os.chmod(tmp, 0o711)  # jails (other uids) must pass through to their own folder
+
         def work(item):
             student, a, nbs = item
-            graded = []
-            for nb in nbs:
-                key = f"{student}-{a}-{Path(nb).stem}"
-                job = dict(key=key, source=str(course / "solutions" / a / nb),
-                           release=str(course / "assignments" / a / nb),
-                           submission_dir=str(submissions / student / a), notebook=nb,
-                           workdir=str(Path(tmp) / key), limits=asdict(limits), sandbox=sandbox)
-                graded.append(_run_driver(job, Path(tmp), out / "logs" / f"{key}.log"))
+            graded, slot = [], slots.get()
+            try:
+                for nb in nbs:
+                    key = f"{student}-{a}-{Path(nb).stem}"
+                    job = dict(key=key, source=str(course / "solutions" / a / nb),
+                               release=str(course / "assignments" / a / nb),
+                               submission_dir=str(submissions / student / a), notebook=nb,
+                               workdir=str(Path(tmp) / key), limits=asdict(limits),
+                               sandbox=sandbox, slot=slot, **expected[(a, nb)],
+                               notebook_run=notebook_run)
+                    graded.append(_run_driver(job, Path(tmp), out / "logs" / f"{key}.log"))
+            finally:
+                slots.put(slot)
             return dict(student=student, assignment=a, graded=graded, notes=[])
         with ThreadPoolExecutor(max(1, jobs)) as pool:
             records += list(pool.map(work, todo))
+    where = describe(limits) if sandbox else "NONE (--unsafe-no-sandbox)"
     for r in records:
-        r["sandbox"] = "bwrap" if sandbox else "NONE (--unsafe-no-sandbox)"
+        r["sandbox"] = where
     records.sort(key=lambda r: (r["student"], r["assignment"]))
     (out / "results.json").write_text(json.dumps(records))
     write_outputs(out, course, records)
@@ -109,13 +152,15 @@ def read_manual(out: Path) -> dict[tuple, dict]:
 def write_outputs(out: Path, course: Path, records: list[dict]) -> None:
     """grades.csv, manual_grades.csv (entered points kept) and the feedback pages."""
     manual = read_manual(out)
-    columns = []
+    columns, own_cols = [], {}
     for a, nbs in assignments(course).items():
         multi = len(nbs) > 1
         for nb in nbs:
             src = nbu.read(course / "solutions" / a / nb)
-            columns += [(f"{Path(nb).stem}:" if multi else "") + nbu.grade_id(c)
-                        for c in nbu.graded_cells(src)]
+            cols = [(f"{Path(nb).stem}:" if multi else "") + nbu.grade_id(c)
+                    for c in nbu.graded_cells(src)]
+            columns += cols
+            own_cols.setdefault(a, []).extend(cols)
     columns = list(dict.fromkeys(columns))
     rows, manual_rows = [], []
     for r in records:
@@ -154,6 +199,8 @@ def write_outputs(out: Path, course: Path, records: list[dict]) -> None:
                 else:
                     row[col] = res["points"]
                     total += res["points"]
+        for col in own_cols.get(r["assignment"], []):  # a submission whose grading broke: 0, and the note says why
+            row.setdefault(col, 0.0)
         row.update(total=total, max_total=max_total, manual_pending=pending,
                    flags="; ".join(flags), notes="; ".join(notes), sandbox=r["sandbox"])
         rows.append(row)

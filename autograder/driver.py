@@ -1,58 +1,77 @@
-"""Grade one student's notebook: assemble, scan, run jailed, score. Runs outside the sandbox.
+"""Grade one student's notebook. Runs on the trusted side, outside every sandbox.
 
     python -m autograder.driver JOB.json RESULT.json
 
-Assembly (nbgrader's ``OverwriteCells`` with ``add_missing_cells``, done by grade_id):
-  * every cell the source owns (tests with their hidden part, locked cells) is restored from
-    the source, whatever the submission did to it; a source cell missing from the submission
-    is re-added after the previous cell it has, with a note;
-  * solution cells keep the student's text but get the source's metadata (points cannot be
-    edited); the student's extra cells are kept;
-  * cells matching a known bypass (scan.py) are neutralised;
-  * after each test cell the driver adds a canary ``assert`` that must fail with a random
-    message: if it does not, the kernel was tampered with and that test earns nothing.
-A test earns its points only if it ran, raised nothing, and its canary fired.
+1. **Intake** (intake.py): the student's folder is copied as plain files (no links followed).
+2. **Assembly** by grade_id: instructor cells (tests, locked cells) come from the *release* -
+   the visible tests only, hidden regions never leave the trusted side; solution cells keep the
+   student's text with the source's metadata; missing cells are re-added, edits undone (noted).
+3. **Feedback run**: the notebook runs in a jailed kernel; its outputs are kept only to show
+   the student (sanitised). Nothing it reports decides a point.
+4. **Hidden checks**: a fresh jail runs harness.py on the same cells, and at each test's place
+   calls the student's functions with that test's inputs (no expected value in the jail).
+   What comes back is plain JSON; checks.py validates and compares it here.
+The scan (scan.py) only flags known tricks for the instructor; it changes nothing.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
-import secrets
+import re
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell
 
+from . import checks
 from . import notebook as nbu
-from .kernel import run_cells
-from .sandbox import Limits
-from .scan import neutralise, scan_source
+from .intake import copy_plain
+from .sandbox import HARNESS_IN_JAIL, Cgroup, Limits, jail_command, own_for_jail
+from .scan import scan_source
+
+MAX_NOTEBOOK = 5 * 2**20  # bytes
+MAX_TEXT = 20_000  # characters of one output kept for the feedback
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,60}$")
 
 
-def assemble(source, submission, release) -> tuple[object, list[str], list[str]]:
-    """(grading notebook, flags, notes). Cells carry ``metadata.autograder.origin``."""
+def assemble(source, submission, release) -> tuple[object, list[str]]:
+    """(grading notebook, notes). Cells carry ``metadata.autograder.origin``."""
     src_by_id = {nbu.grade_id(c): c for c in source.cells if nbu.grade_id(c)}
     rel_by_id = {nbu.grade_id(c): c for c in release.cells if nbu.grade_id(c)}
     owned = {g for g, c in src_by_id.items() if not nbu.is_solution(c)}
-    flags, notes, cells, seen = [], [], [], set()
+    notes, cells, seen = [], [], set()
+
+    def instructor(gid):
+        rel = rel_by_id.get(gid)
+        text = rel.source if rel is not None else nbu.strip_hidden(src_by_id[gid].source)
+        c = nbformat.from_dict(dict(src_by_id[gid], source=text))
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
+        c.metadata["autograder"] = {"origin": "source"}
+        return c
+
     for cell in submission.cells:
+        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
+            continue
         gid = nbu.grade_id(cell)
         if gid in src_by_id and gid not in seen:
             seen.add(gid)
             src = src_by_id[gid]
             if gid in owned:
-                new = nbformat.from_dict(dict(src, outputs=[]) if src.cell_type == "code"
-                                         else dict(src))
-                released = rel_by_id[gid].source if gid in rel_by_id else nbu.strip_hidden(src.source)
-                if nbu.is_test(src) and cell.get("source", "").strip() != released.strip():
-                    notes.append(f"test cell {gid} was edited: restored from the source")
+                new = instructor(gid)
+                if nbu.is_test(src) and str(cell.get("source", "")).strip() != new.source.strip():
+                    notes.append(f"test cell {gid} was edited: restored")
             else:
                 new = nbformat.from_dict(dict(cell))
                 new.metadata = nbformat.from_dict(dict(cell.get("metadata", {}),
                                                        nbgrader=dict(nbu.meta(src))))
                 new.cell_type = src.cell_type
-            new.metadata["autograder"] = {"origin": "source" if gid in owned else "student"}
+                new.metadata["autograder"] = {"origin": "student"}
         elif gid in seen:
             notes.append(f"duplicate cell {gid} dropped")
             continue
@@ -60,93 +79,183 @@ def assemble(source, submission, release) -> tuple[object, list[str], list[str]]
             new = nbformat.from_dict(dict(cell))
             new.metadata.pop("nbgrader", None)
             new.metadata["autograder"] = {"origin": "student"}
+        new.source = str(new.get("source", ""))
         if new.cell_type == "code":
             new.outputs, new.execution_count = [], None
-            if new.metadata["autograder"]["origin"] == "student":
-                reasons = scan_source(new.source)
-                if reasons:
-                    flags.append(f"{gid or f'extra cell {len(cells)}'}: {', '.join(reasons)}")
-                    new.source = neutralise(new.source, reasons)
         cells.append(new)
-    # Re-add missing source cells after the previous source cell present.
     order = [nbu.grade_id(c) for c in source.cells if nbu.grade_id(c)]
     for k, gid in enumerate(order):
         if gid in seen:
             continue
-        src = src_by_id[gid]
-        if gid not in owned:  # a solution cell: the blank release version, never the source's
-            src = nbformat.from_dict(dict(rel_by_id[gid], metadata=dict(src.metadata)))
-        new = nbformat.from_dict(dict(src, outputs=[]) if src.cell_type == "code" else dict(src))
-        new.metadata["autograder"] = {"origin": "source" if gid in owned else "student"}
+        if gid in owned:
+            new = instructor(gid)
+        else:  # a solution cell: the blank release version, never the source's
+            new = nbformat.from_dict(dict(rel_by_id[gid], metadata=dict(src_by_id[gid].metadata)))
+            if new.cell_type == "code":
+                new.outputs, new.execution_count = [], None
+            new.metadata["autograder"] = {"origin": "student"}
         prev = {order[j] for j in range(k)}
         pos = max([i + 1 for i, c in enumerate(cells) if nbu.grade_id(c) in prev], default=0)
         cells.insert(pos, new)
         seen.add(gid)
         notes.append(f"cell {gid} was missing: re-added from the "
                      + ("source" if gid in owned else "release (blank)"))
-    nb = nbformat.v4.new_notebook(cells=cells, metadata=source.metadata)
-    return nb, flags, notes
+    return nbformat.v4.new_notebook(cells=cells, metadata=source.metadata), notes
 
 
-def add_canaries(nb) -> None:
-    """Insert after each test cell an assert that must fail with its own random message."""
+def _label(cell, i: int) -> str:
+    return nbu.grade_id(cell) or f"extra cell {i}"
+
+
+def scan_flags(nb) -> list[str]:
     out = []
-    for cell in nb.cells:
-        out.append(cell)
-        if nbu.is_test(cell) and cell.metadata["autograder"]["origin"] == "source":
-            nonce = secrets.token_hex(8)
-            a, b = secrets.randbelow(10**6), 10**6 + secrets.randbelow(10**6)
-            canary = new_code_cell(f'assert {a} == {b}, "{nonce}"')
-            canary.metadata["autograder"] = {"origin": "canary", "nonce": nonce,
-                                             "guards": nbu.grade_id(cell)}
-            out.append(canary)
-    nb.cells = out
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code" and c.metadata["autograder"]["origin"] == "student":
+            reasons = scan_source(c.source)
+            if reasons:
+                out.append(f"{_label(c, i)}: {', '.join(reasons)}")
+    return out
 
 
-def score(nb, status: list[dict], source, release) -> tuple[dict, list[str], list[str]]:
-    """({grade_id: result}, flags, notes) from the executed notebook."""
-    results, flags, notes = {}, [], []
-    rel_by_id = {nbu.grade_id(c): c for c in release.cells if nbu.grade_id(c)}
-    canary_ok = {}
-    for cell, st in zip(nb.cells, status):
-        ag = cell.metadata.get("autograder", {})
-        if ag.get("origin") == "canary":
-            canary_ok[ag["guards"]] = st.get("status") == "error" and st.get("evalue") == ag["nonce"]
+def _jail_root(work: Path, name: str, files: Path, slot: int) -> Path:
+    root = work / name
+    shutil.copytree(files, root, symlinks=True)  # our own plain copy: no links in it
+    own_for_jail(root, slot)
+    return root
+
+
+def _limit_notes(cg: Cgroup | None, what: str) -> list[str]:
+    if cg is None:
+        return []
+    ev, notes = cg.events(), []
+    if ev["oom_kill"]:
+        notes.append(f"{what}: hit the memory limit ({ev['oom_kill']} process(es) killed)")
+    if ev["pids_max"]:
+        notes.append(f"{what}: hit the process limit ({ev['pids_max']} fork(s) refused)")
+    return notes
+
+
+def feedback_run(nb, root: Path, limits: Limits, job: dict) -> tuple[list[dict], list[str]]:
+    """Run the notebook in a jailed kernel for the feedback only: (status per cell, notes)."""
+    from .kernel import run_cells
+
+    cg = Cgroup.create(f"autograder-{job['key']}-nb", limits) if job["sandbox"] else None
+    notes = []
+    try:
+        status = run_cells(nb, root, limits, sandbox=job["sandbox"], slot=job["slot"],
+                           cgroup=cg, extra_env={"COURSE_FAST": "1"})
+    except Exception as e:  # noqa: BLE001 - whatever the kernel sent; costs only the feedback
+        notes.append(f"the notebook run for the feedback stopped ({type(e).__name__})")
+        status = [{"status": "not-run"} for _ in nb.cells]
+    finally:
+        if cg is not None:
+            notes += _limit_notes(cg, "notebook run")
+            cg.destroy()
     for i, (cell, st) in enumerate(zip(nb.cells, status)):
-        ag = cell.metadata.get("autograder", {})
-        if ag.get("origin") == "canary":
-            continue
-        gid = nbu.grade_id(cell)
-        if cell.cell_type == "code" and any(o.get("output_type") == "stream" and
-                                            o.get("name") == "stderr" for o in cell.outputs):
-            notes.append(f"{gid or f'extra cell {i}'} wrote to stderr")
+        origin = cell.metadata["autograder"]["origin"]
         if st.get("status") == "timeout":
-            notes.append(f"{gid or f'extra cell {i}'} timed out")
-        elif st.get("status") == "error" and ag.get("origin") == "student" and \
+            notes.append(f"{_label(cell, i)} timed out")
+        elif st.get("status") == "error" and origin == "student" and \
                 st.get("ename") != "DeadKernelError":
-            notes.append(f"{gid or f'extra cell {i}'} raised {st.get('ename')}")
+            notes.append(f"{_label(cell, i)} raised {_ident(st.get('ename'))}")
         if st.get("ename") == "DeadKernelError":
-            notes.append(f"the kernel died in {gid or f'extra cell {i}'}: later cells did not run")
+            notes.append(f"the kernel died in {_label(cell, i)}: later cells did not run")
         if st.get("reason"):
             notes.append(st["reason"])
-        if not gid or not (nbu.is_test(cell) or nbu.is_autograded_answer(cell) or nbu.is_manual(cell)):
+        if cell.cell_type == "code" and any(o.get("output_type") == "stream" and
+                                            o.get("name") == "stderr" for o in cell.outputs):
+            notes.append(f"{_label(cell, i)} wrote to stderr")
+    return status, notes
+
+
+def hidden_checks(nb, root: Path, limits: Limits, job: dict, spec: dict) -> tuple[dict, list]:
+    """Run the harness in a fresh jail: ({grade_id: [case result]}, notes)."""
+    items = [("check", nbu.grade_id(c)) if nbu.is_test(c) else ("cell", c.source)
+             for c in nb.cells if c.cell_type == "code"]
+    plan = checks.plan(items, spec, limits.cell_timeout)
+    (root / "plan.json").write_text(json.dumps(plan))
+    results = root / "results.jsonl"
+    cmd = [sys.executable, "-I", HARNESS_IN_JAIL, "plan.json", "results.jsonl"]
+    cg = None
+    if job["sandbox"]:
+        cg = Cgroup.create(f"autograder-{job['key']}-checks", limits)
+        own_for_jail(root, job["slot"])
+        cmd = jail_command(root, cmd, limits, slot=job["slot"], cgroup=cg,
+                           env={"MPLBACKEND": "Agg", "COURSE_FAST": "1"})
+    else:
+        cmd[2] = str(Path(__file__).resolve().parent / "harness.py")
+    notes = []
+    budget = max(30, limits.wall_seconds - (time.monotonic() - job["_t0"]))
+    try:
+        proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            notes.append("hidden checks: the student's wall-clock limit was reached")
+    finally:
+        if cg is not None:
+            notes += _limit_notes(cg, "hidden checks")
+            cg.destroy()
+    return checks.read_results(results), notes
+
+
+def grade_one(job: dict) -> dict:
+    """Grade one notebook. ``job``: see batch.py (source, release, submission_dir, ...)."""
+    job["_t0"] = time.monotonic()
+    source, release = nbu.read(Path(job["source"])), nbu.read(Path(job["release"]))
+    limits = Limits(**job["limits"])
+    work = Path(job["workdir"])
+    shutil.rmtree(work, ignore_errors=True)
+    files = work / "files"
+    pre = copy_plain(Path(job["submission_dir"]), files)
+    spec = job["checks"]  # computed once per batch (checks.spec runs the hidden regions)
+    exp = {gid: [tuple(x) for x in rows] for gid, rows in job["expected"].items()}
+    sub = files / job["notebook"]
+    try:
+        if sub.stat().st_size > MAX_NOTEBOOK:
+            raise ValueError("notebook too large")
+        submission = nbformat.read(str(sub), as_version=4)
+        nbformat.validate(submission)
+    except Exception as e:  # noqa: BLE001 - missing, not JSON, not a notebook: nothing to run
+        pre.append(f"notebook missing or unreadable ({type(e).__name__}): 0 points")
+        submission = None
+    nb, notes = assemble(source, submission or nbformat.v4.new_notebook(), release)
+    flags = scan_flags(nb)
+    status = [{"status": "not-run"} for _ in nb.cells]
+    got: dict = {}
+    why_missing = "the notebook was not run"
+    if submission is not None:
+        t, n1 = time.monotonic(), []
+        if job.get("notebook_run", True):
+            status, n1 = feedback_run(nb, _jail_root(work, "nb", files, job["slot"]), limits, job)
+        t1 = time.monotonic()
+        got, n2 = hidden_checks(nb, _jail_root(work, "checks", files, job["slot"]), limits, job,
+                                spec)
+        print(f"feedback run {t1 - t:.1f} s, hidden checks {time.monotonic() - t1:.1f} s",
+              file=sys.stderr)
+        notes += n1 + n2
+        why_missing = "the checks process ended before this test (see the notes)"
+    results = {}
+    for c in nb.cells:
+        gid = nbu.grade_id(c)
+        if not gid or not (nbu.is_test(c) or nbu.is_manual(c) or nbu.is_autograded_answer(c)):
             continue
-        max_pts = nbu.points(cell)
-        if nbu.is_manual(cell):
-            results[gid] = dict(kind="manual", max=max_pts, points=None,
-                                answer=cell.source, rubric=_rubric(source, gid))
+        if nbu.is_manual(c):
+            results[gid] = dict(kind="manual", max=nbu.points(c), points=None,
+                                answer=c.source, rubric=_rubric(source, gid))
             continue
-        passed = st.get("status") == "ok"
-        if passed and nbu.is_test(cell) and not canary_ok.get(gid, False):
-            passed = False
-            flags.append(f"{gid}: runtime tampering (the canary after the test did not fire)")
-        rel = rel_by_id.get(gid)
-        results[gid] = dict(kind="auto", max=max_pts, points=max_pts if passed else 0.0,
-                            status=st.get("status"), ename=st.get("ename", ""),
-                            evalue=st.get("evalue", ""),
-                            visible_source=rel.source if rel is not None else "",
-                            hidden=nbu.hidden_lines(cell.source))
-    return results, flags, notes
+        ok, msg = checks.score(gid, spec.get(gid, []), exp.get(gid, []), got.get(gid),
+                               why_missing)
+        results[gid] = dict(kind="auto", max=nbu.points(c), points=nbu.points(c) if ok else 0.0,
+                            message=msg)
+    cells = [_feedback_cell(c, s) for c, s in zip(nb.cells, status)]
+    shutil.rmtree(work, ignore_errors=True)
+    return dict(notebook=job["notebook"], results=results, flags=flags, notes=pre + notes,
+                cells=cells)
 
 
 def _rubric(source, gid: str) -> str:
@@ -159,61 +268,76 @@ def _rubric(source, gid: str) -> str:
     return ""
 
 
-def grade_one(job: dict) -> dict:
-    """Grade one notebook. ``job``: source, release, submission_dir, notebook, workdir, limits."""
-    source, release = nbu.read(Path(job["source"])), nbu.read(Path(job["release"]))
-    sub_path = Path(job["submission_dir"]) / job["notebook"]
-    work = Path(job["workdir"])
-    shutil.rmtree(work, ignore_errors=True)
-    # The student's folder (data files they made) plus the release's non-notebook material.
-    shutil.copytree(Path(job["release"]).parent, work, ignore=shutil.ignore_patterns("*.ipynb"))
-    shutil.copytree(Path(job["submission_dir"]), work, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("*.ipynb", ".ipc"))
+def _ident(x) -> str:
+    return x if isinstance(x, str) and IDENT.match(x) else "an exception"
+
+
+def _text(x) -> str:
+    if isinstance(x, list):
+        x = "".join(str(t) for t in x)
+    x = str(x)
+    return x if len(x) <= MAX_TEXT else x[:MAX_TEXT] + "\n[output truncated by the autograder]\n"
+
+
+def clean_png(data) -> str | None:
+    """Base64 of a re-encoded PNG (pixels only: text chunks and metadata dropped), or None."""
     try:
-        submission = nbu.read(sub_path)
-        nbformat.validate(submission)
-    except Exception as e:  # noqa: BLE001 - missing, not JSON, not a notebook: nothing to run
-        pre_notes = [f"notebook missing or unreadable ({type(e).__name__}): 0 points"]
-        nb, flags, notes = assemble(source, nbformat.v4.new_notebook(), release)
-        status = [{"status": "not-run"} for _ in nb.cells]
-    else:
-        pre_notes = []
-        nb, flags, notes = assemble(source, submission, release)
-        add_canaries(nb)
-        status = run_cells(nb, work, Limits(**job["limits"]), sandbox=job["sandbox"],
-                           extra_env={"COURSE_FAST": "1"})
-    results, flags2, notes2 = score(nb, status, source, release)
-    rel_by_id = {nbu.grade_id(c): c for c in release.cells if nbu.grade_id(c)}
-    cells = [_feedback_cell(c, s, rel_by_id) for c, s in zip(nb.cells, status)
-             if c.metadata.get("autograder", {}).get("origin") != "canary"]
-    shutil.rmtree(work, ignore_errors=True)
-    return dict(notebook=job["notebook"], results=results, flags=flags + flags2,
-                notes=pre_notes + notes + notes2, cells=cells)
+        from PIL import Image
+
+        raw = base64.b64decode("".join(data) if isinstance(data, list) else str(data),
+                               validate=False)
+        if not raw.startswith(b"\x89PNG\r\n\x1a\n") or len(raw) > 5 * 2**20:
+            return None
+        with Image.open(io.BytesIO(raw)) as im:
+            if im.format != "PNG" or im.width * im.height > 4096 * 4096:
+                return None
+            im.load()
+            pixels = im.convert("RGBA")
+        # A new image from the raw pixels: no chunk of the student's file survives.
+        clean = Image.frombytes("RGBA", pixels.size, pixels.tobytes())
+        buf = io.BytesIO()
+        clean.save(buf, format="PNG")
+        return base64.b64encode(buf.getvalue()).decode("ascii")
+    except (binascii.Error, ValueError, OSError, SyntaxError, MemoryError):
+        return None
+    except Exception:  # noqa: BLE001 - any decoder failure: not shown
+        return None
 
 
-MAX_TEXT = 20_000  # characters of one output kept for the feedback
-
-
-def _truncate(o: dict) -> dict:
-    o = dict(o)
-    for key in ("text",):
-        if isinstance(o.get(key), str) and len(o[key]) > MAX_TEXT:
-            o[key] = o[key][:MAX_TEXT] + "\n[output truncated by the autograder]\n"
-    return o
-
-
-def _feedback_cell(cell, st: dict, rel_by_id: dict) -> dict:
-    """What the feedback may show of a cell: the instructor's cells only as released."""
-    gid = nbu.grade_id(cell)
-    out = dict(grade_id=gid, cell_type=cell.cell_type, status=st.get("status"),
-               test=nbu.is_test(cell), hidden=nbu.hidden_lines(cell.source))
-    if cell.metadata.get("autograder", {}).get("origin") == "source":
-        rel = rel_by_id.get(gid)
-        out["source"] = rel.source if rel is not None else nbu.strip_hidden(cell.source)
-    else:
-        out["source"] = cell.source
-    out["outputs"] = [_truncate(o) for o in cell.get("outputs", [])]
+def _feedback_outputs(cell) -> list[dict]:
+    out, used = [], 0
+    for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
+        kind = o.get("output_type")
+        if kind == "stream":
+            item = {"kind": "stderr" if o.get("name") == "stderr" else "stdout",
+                    "text": _text(o.get("text", ""))}
+        elif kind == "error":
+            tb = "\n".join(str(t) for t in o.get("traceback", []) if isinstance(t, str))
+            item = {"kind": "error", "text": _text(tb or f"{o.get('ename')}: {o.get('evalue')}")}
+        elif kind in ("execute_result", "display_data"):
+            data = o.get("data", {}) if isinstance(o.get("data"), dict) else {}
+            png = clean_png(data["image/png"]) if "image/png" in data else None
+            if png is not None:
+                item = {"kind": "image", "png": png}
+            elif "text/plain" in data:
+                item = {"kind": "result", "text": _text(data["text/plain"])}
+            else:
+                continue
+        else:
+            continue
+        used += len(item.get("text", item.get("png", "")))
+        if used > 2 * 2**20:
+            out.append({"kind": "stdout", "text": "[further output dropped by the autograder]"})
+            break
+        out.append(item)
     return out
+
+
+def _feedback_cell(cell, st: dict) -> dict:
+    """What the feedback may show of a cell (instructor cells are already the release's)."""
+    return dict(grade_id=nbu.grade_id(cell), cell_type=cell.cell_type, test=nbu.is_test(cell),
+                origin=cell.metadata["autograder"]["origin"], status=st.get("status"),
+                source=_text(cell.source), outputs=_feedback_outputs(cell))
 
 
 def main(argv=None) -> int:

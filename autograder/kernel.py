@@ -1,12 +1,14 @@
 """Run a notebook's cells one by one in a jailed kernel, from a trusted driver outside it.
 
 The driver (this process) holds the notebook and records outputs; only the IPython kernel
-runs inside bubblewrap. They talk over ZeroMQ ``ipc`` sockets (Unix socket files in the
-student's work folder), which need no network, so the kernel can run with ``--unshare-net``.
-Student code therefore cannot rewrite the recorded results: it never sees the driver.
+runs inside the jail. They talk over ZeroMQ ``ipc`` sockets (Unix socket files in the jail's
+``.ipc``), which need no network, so the kernel can run with ``--unshare-net``. This run is
+for the student's feedback only: the kernel can forge any message it sends, so nothing here
+decides a point (the hidden checks run in harness.py and are compared in checks.py).
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -17,24 +19,33 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-from .sandbox import Limits, bwrap_command
+from .sandbox import IPC, UID_BASE, Cgroup, Limits, jail_command
+
+# Import the heavy libraries at kernel start (under startup_timeout), not in the first cell's
+# timer: on a busy machine importing torch alone can outlast a cell's timeout.
+PRELOAD = ("--IPKernelApp.exec_lines=import importlib.util as _u; "
+           "[__import__(_m) for _m in ('numpy', 'torch') if _u.find_spec(_m)]; del _u")
 
 
 class JailedKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernel command is wrapped in ``prlimit ... bwrap``."""
+    """A kernel manager whose kernel command is wrapped in the jail (sandbox.jail_command)."""
 
-    def __init__(self, workdir: Path, limits: Limits, sandbox: bool, extra_env=None, **kw):
+    def __init__(self, workdir: Path, limits: Limits, sandbox: bool, extra_env=None, slot=0,
+                 cgroup: Cgroup | None = None, **kw):
         super().__init__(kernel_name="python3", transport="ipc",
-                         ip=str(Path(workdir) / ".ipc" / "kernel"),
-                         connection_file=str(Path(workdir) / ".ipc" / "kernel.json"), **kw)
+                         ip=str(Path(workdir) / IPC / "kernel"),
+                         connection_file=str(Path(workdir) / IPC / "kernel.json"), **kw)
         self._workdir, self._limits, self._sandbox = Path(workdir), limits, sandbox
-        self._extra_env = extra_env or {}
+        self._extra_env, self._slot, self._cgroup = extra_env or {}, slot, cgroup
 
     def format_kernel_cmd(self, extra_arguments=None):
-        cmd = super().format_kernel_cmd(extra_arguments)
+        cmd = super().format_kernel_cmd(extra_arguments) + [PRELOAD]
         if not self._sandbox:
             return cmd
-        return bwrap_command(self._workdir, cmd, self._limits, self._extra_env)
+        if os.geteuid() == 0:  # the kernel runs as the jail's uid: it must read its key file
+            os.chown(self.connection_file, UID_BASE + self._slot, UID_BASE + self._slot)
+        return jail_command(self._workdir, cmd, self._limits, slot=self._slot,
+                            env=self._extra_env, cgroup=self._cgroup)
 
     @property
     def kernel_spec(self):
@@ -69,7 +80,8 @@ class CappedClient(NotebookClient):
 
 
 def run_cells(nb, workdir: Path, limits: Limits, sandbox: bool = True,
-              extra_env: dict | None = None) -> list[dict]:
+              extra_env: dict | None = None, slot: int = 0,
+              cgroup: Cgroup | None = None) -> list[dict]:
     """Execute every code cell of ``nb`` in place; return one status record per cell.
 
     Status: "ok", "error" (with ename/evalue), "timeout", "not-run" (the kernel died or was
@@ -77,9 +89,8 @@ def run_cells(nb, workdir: Path, limits: Limits, sandbox: bool = True,
     (KeyboardInterrupt in the kernel); a kernel that ignores the interrupt is killed by a
     watchdog after twice the timeout, and the remaining cells are not run.
     """
-    (Path(workdir) / ".ipc").mkdir(parents=True, exist_ok=True)
-    (Path(workdir) / "home").mkdir(parents=True, exist_ok=True)
-    km = JailedKernelManager(workdir, limits, sandbox, extra_env)
+    (Path(workdir) / IPC).mkdir(parents=True, exist_ok=True)
+    km = JailedKernelManager(workdir, limits, sandbox, extra_env, slot=slot, cgroup=cgroup)
     client = CappedClient(nb, km=km, timeout=limits.cell_timeout, interrupt_on_timeout=True,
                             allow_errors=True, record_timing=False, startup_timeout=120,
                             iopub_timeout=5, resources={"metadata": {"path": str(workdir)}})

@@ -1,15 +1,10 @@
-"""Static scan of student code for known ways to fake a passing test.
+"""Static scan of student code for known test-bypass tricks: flags for the instructor only.
 
-Each pattern names a trick that has been used against notebook autograders: rewriting the
-cells that come after (IPython ``input_transformers``, AST transformers, custom exception
-handlers), killing the kernel so later test cells leave no error (``os._exit``), swapping
-modules or builtins the tests rely on (``sys.modules``, ``__builtins__``, ``AssertionError``,
-``numpy.testing``/``torch.testing``), and reading files outside the submission.
-
-Policy (see README.md): a flagged cell is *neutralised* - replaced by a comment before the
-notebook runs - so it can never earn points; the flag and the reason go into the CSV for the
-instructor, who can re-grade by hand (``python -m autograder manual``). The scan is the first
-line of defence; canary cells (driver.py) catch obfuscated variants at run time.
+Grading no longer depends on anything the student's interpreter does (the hidden checks are
+compared on the trusted side, checks.py), so these tricks cannot earn points; the scan only
+tells the instructor who tried one. A flagged cell is run like any other (nothing is
+neutralised: an honest cell that happens to match costs nothing), and the flag goes in the
+CSV's ``flags`` column.
 """
 from __future__ import annotations
 
@@ -29,6 +24,9 @@ PATTERNS = {
                                 r"|def\s+AssertionError\b",
     "testing-monkeypatch": r"\b(numpy|np|torch)\s*\.\s*testing\s*\.\s*\w+\s*=(?!=)"
                            r"|setattr\s*\(\s*(numpy|np|torch)\s*\.\s*testing",
+    "frame-or-object-walking": r"_getframe|\binspect\s*\.\s*(stack|currentframe|getouterframes)"
+                               r"|f_back|f_globals|f_locals|gc\s*\.\s*get_(objects|referrers)",
+    "tracing-hook": r"settrace|setprofile|sys\s*\.\s*monitoring",
     "file-access-outside-submission": r"""(open|Path|listdir|scandir|glob|walk|read_text)\s*\(\s*"""
                                       r"""[rbf]*['"](/|\.\.)|solutions/|gradebook""",
 }
@@ -50,8 +48,3 @@ def scan_source(source: str) -> list[str]:
     code = _code_only(source)
     return [name for name, rx in _COMPILED.items() if rx.search(code)]
 
-
-def neutralise(source: str, reasons: list[str]) -> str:
-    """What a flagged cell becomes: a comment saying why it did not run."""
-    return ("# autograder: this cell was not run, it matched known test bypasses: "
-            + ", ".join(reasons) + "\n")
