@@ -180,11 +180,11 @@ def summarize(s: Summary) -> Outcome:
     lrs, table = s.settings["lrs"], _table(s)
     arms, rows = [], []
     for lr in lrs:
-        for arm in ARMS:
+        for arm, label in ARMS.items():
             outs = table[(arm, lr)]
             hits = [int(o["diverged"]) for o in outs]
             lo, hi = wilson_interval(sum(hits), len(hits))
-            arms.append(Arm(f"{ARMS[arm]} @ lr {lr:g}", "share of runs that diverged",
+            arms.append(Arm(f"{label} @ lr {lr:g}", "share of runs that diverged",
                             sum(hits) / len(hits), lo, hi, n=len(hits), n_what="seeds",
                             interval="Wilson", per_seed=hits))
             causes = [o["cause"] for o in outs if o["cause"]]
