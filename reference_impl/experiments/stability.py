@@ -253,6 +253,7 @@ def plot_shares(rows: list[dict], lrs: list[float], path) -> str:
         x = np.array(lrs) * (1.08 if k else 1 / 1.08)  # side by side, not on top of each other
         y = np.array([v["share"] for v in r])
         err = np.array([[v["share"] - v["lo"] for v in r], [v["hi"] - v["share"] for v in r]])
+        err = np.clip(err, 0.0, None)  # Wilson's bound at k = n is 1 - 1e-16, not 1
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=ARMS[arm])
     ax.set_xscale("log")
     ax.set_ylim(-0.05, 1.05)
