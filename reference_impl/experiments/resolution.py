@@ -31,11 +31,12 @@ prompt accuracy sits near its floor for both arms, while the per-attribute share
 it is the measure that can tell the arms apart. Prompt accuracy (all attributes, Wilson) and
 domain-FID are reported as arms.
 
-``details`` keys (for the lecture): "cost" {resolutions, flops_per_image, images_per_s (per
-round), pixel_ratio}, "curriculum" {arm: {steps, flops, wall_s, per-seed measures}},
-"quality" {arm: {...}, data_sharpness: {sharp, bulk}}, "secondary" (the quality comparisons'
-verdicts, same rule), "grids" (figure names of sample grids). Figures: cost.png,
-curriculum.png, quality.png, samples.png.
+``details`` keys (for the lecture): "cost" {resolutions, flops_per_image {res: FLOPs},
+images_per_s {res: [per round]}}; "curriculum" and "quality" {arm: [per seed: fid, prompt_acc,
+attr_acc, train_s, steps, stages, final_loss_ema (+ flops, curriculum only)]}; "data_sharpness"
+{sharp, bulk} (Laplacian variance of the training data); "secondary" {other arm: {verdict,
+reason}} (the quality comparisons, same rule). Figures: cost.png, curriculum.png, quality.png,
+samples.png (seed 0's first samples of every arm).
 """
 from __future__ import annotations
 
@@ -207,25 +208,27 @@ def train_arm(settings: dict, stages: list[dict], seed: int, hq_fraction: float,
     from ..training.trainer import Trainer
 
     cfg = _config(settings, stages, seed, hq_fraction=hq_fraction)
+    res, ev = stages[-1]["resolution"], settings["eval"]
+    # built outside no_grad: the first call may have to train the probe
+    val = validator(res, ev["prompts"], ev["reference"])
     scratch = _scratch(cfg)
     try:
         trainer = Trainer(cfg, progress=False, dataset_fn=dataset_fn)
         t0 = time.perf_counter()
         trainer.fit()
         seconds = time.perf_counter() - t0
-        res = stages[-1]["resolution"]
         with torch.no_grad():
-            out = measure_samples(trainer, res, settings["eval"])
+            out = measure_samples(trainer, val, res)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     loss = [r["loss_ema"] for r in trainer.history if r.get("loss_ema") is not None]
     return {**out, "train_s": seconds, "steps": trainer.step, "final_loss_ema": loss[-1] if loss else None}
 
 
-def measure_samples(trainer, resolution: int, ev: dict) -> dict:
+def measure_samples(trainer, val, resolution: int) -> dict:
     """Domain-FID (probe features) against the sharp reference images of the validation
-    prompts, and per prompt: attribute accuracy, all-attributes correct, sharpness."""
-    val = validator(resolution, ev["prompts"], ev["reference"])
+    prompts (``val``: a Validator), and per prompt: attribute accuracy, all-attributes correct,
+    sharpness."""
     model = trainer.ema.shadow
     model.eval()
     images = trainer.sample_fn(resolution, model)(list(val.prompts), val.seed).clamp(-1, 1)
