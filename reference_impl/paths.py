@@ -1,7 +1,7 @@
 """Where things are written: the on-disk cache (probe weights, caption embeddings) and runs.
 
-``REFERENCE_IMPL_CACHE`` overrides the cache folder (default: ``.cache`` in the working
-directory), so tests can point it at a temporary folder and CI can keep it between steps.
+``REFERENCE_IMPL_CACHE`` overrides the cache folder (default: ``.cache`` at the root of the
+checkout, or in the working directory for an installed package), so tests can point it at a temporary folder and CI can keep it between steps.
 """
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ import os
 from pathlib import Path
 
 
+# In a checkout (the course repository), the cache is the repository's .cache wherever the
+# command runs from: a lecture executed inside lectures/ must find the probe and the
+# experiments' full-scale results that `make` commands cached at the root.
+_REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = _REPO / ".cache" if (_REPO / "pyproject.toml").exists() else Path(".cache")
+
+
 def cache_dir(*parts: str) -> Path:
-    """A folder inside the cache, created if missing."""
-    root = Path(os.environ.get("REFERENCE_IMPL_CACHE", ".cache"))
+    """A folder inside the cache (absolute), created if missing."""
+    root = Path(os.environ.get("REFERENCE_IMPL_CACHE", DEFAULT_CACHE)).resolve()
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

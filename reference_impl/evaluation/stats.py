@@ -50,7 +50,9 @@ def wilson_interval(k: float, n: int, z: float = 1.959963984540054) -> tuple[flo
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if k <= 0 else max(0.0, centre - half)  # exact at the ends (not 1e-17 of rounding)
+    hi = 1.0 if k >= n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 def bootstrap_interval(samples: Sequence[Sequence[float]], statistic: Callable[..., float],

@@ -297,6 +297,8 @@ def run_experiment(name: str, scale: str = "fast", seeds: int | None = None, for
         if stored.get("config") == config:
             res = Result.from_dict(stored)
             res.cached = True
+            # figures live in this result's folder, wherever the cache has moved since
+            res.figures = [str(out_dir / "figures" / Path(f).name) for f in res.figures]
             return res
         print(f"{name}: the cached result in {out_dir} was made with another config; recomputing")
     t0 = time.perf_counter()
