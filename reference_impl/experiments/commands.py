@@ -39,7 +39,8 @@ def describe(res) -> str:
     lines += ["", f"headline: {res.headline.metric}: {res.headline.text()}",
               f"verdict:  {res.verdict.upper()} - {res.reason}",
               (f"wall time: {res.wall_s:.0f} s ({res.units_cached} of {len(res.unit_seconds)} "
-              "runs from the cache)")]
+               f"runs from the cache; the runs took {sum(res.unit_seconds):.0f} s of worker "
+               "time when computed)")]
     lines += [f"figure:   {f}" for f in res.figures]
     return "\n".join(lines)
 

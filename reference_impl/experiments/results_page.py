@@ -67,9 +67,11 @@ def write_page(results: list[Result], out: Path) -> Path:
                   f"**Rule (fixed before the run).** {r.rule}", "",
                   f"**Published anchor.** {r.anchor}", "", r.table(), "",
                   f"**Verdict: {r.verdict}.** {r.reason}", "",
-                  (f"Scale {r.scale}, seeds {r.seeds}; wall time {r.wall_s / 60:.1f} min on "
+                  (f"Scale {r.scale}, seeds {r.seeds}; {len(r.unit_seconds)} runs that took "
+                  f"{sum(r.unit_seconds) / 60:.1f} min of worker time in all (each run's own wall "
+                  f"clock, summed; two workers share the wall clock); this page's computation "
+                  f"{r.wall_s / 60:.1f} min with {r.units_cached} runs loaded from the cache; "
                   f"{m.get('cpus')} cores ({m.get('processor')}, torch {m.get('torch')}); "
-                  f"{r.units_cached} of {len(r.unit_seconds)} runs loaded from the cache; "
                   f"config key `{r.config_key}`."), ""]
         lines += [f"![{r.name}]({f})" for f in figs[r.name]]
     page = out / "results.md"
