@@ -8,6 +8,7 @@ the grader reserves in a jail (``.home``, ``.ipc``). Everything skipped is noted
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -93,5 +94,7 @@ def _copy_file(s: Path, d: Path, notes: list[str]) -> None:
 
 
 def _rel(p: Path) -> str:
+    """The last two parts of a path, printable characters only (names are the student's)."""
     parts = Path(p).parts
-    return "/".join(parts[-2:]) if len(parts) > 1 else str(p)
+    name = "/".join(parts[-2:]) if len(parts) > 1 else str(p)
+    return re.sub(r"[^\w.@+/ -]", "?", name)[:80]

@@ -33,6 +33,7 @@ HARNESS = Path(__file__).resolve().parent / "harness.py"
 HARNESS_IN_JAIL = "/opt/autograder/harness.py"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 HOME, IPC = ".home", ".ipc"  # grader-made folders in each jail root (never the student's)
+FILE_LIMIT = 200 * 2**20  # RLIMIT_FSIZE: bytes per file a jail may write
 UID_BASE = 61000  # students run as 61000 + slot (no passwd entry needed)
 
 
@@ -207,6 +208,7 @@ def jail_command(root: Path, command: list[str], limits: Limits, slot: int = 0,
     args = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "enter"]
     args += [str(d / "cgroup.procs") for d in (cgroup.dirs if cgroup else [])] + ["--"]
     args += ["prlimit", f"--cpu={limits.cpu_seconds}", f"--as={mem_as}", "--core=0",
+             f"--fsize={FILE_LIMIT}",
              f"--nproc={limits.processes}", "--", exe]
     if os.geteuid() == 0:  # bwrap mounts as root; the command runs as an unprivileged uid
         uid = UID_BASE + slot

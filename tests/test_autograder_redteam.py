@@ -109,7 +109,8 @@ def _own_text(subs: Path, student: str) -> str:
     if p.is_symlink() or not p.is_file():
         return ""
     try:
-        return "\n".join(c.get("source", "") for c in json.loads(p.read_text())["cells"])
+        cells = json.loads(p.read_text())["cells"]
+        return "\n".join("".join(c.get("source", "")) for c in cells)
     except ValueError:
         return ""
 
@@ -126,10 +127,11 @@ def _leaks(out: Path, subs: Path) -> list:
                     "PEER-SECRET"):
             if bad in text and bad not in own:
                 found.append((student, bad))
-        for bad in ("<script", "<h1>INJECTED", "<b>INJECTED", "onerror", "<div class='pass'>",
-                    "<b>13 / 13"):
+        for bad in ("<script", "<h1>INJECTED", "<b>INJECTED", "<div class='pass'>", "<b>13 / 13"):
             if bad.lower() in raw.lower():
                 found.append((student, "unescaped " + bad))
+        if re.search(r"<[^>]*\son\w+\s*=", raw, re.IGNORECASE):  # an event handler in a tag
+            found.append((student, "event handler attribute"))
         for png in _pngs(raw):
             chunks = _png_chunks(png)
             if not png.startswith(b"\x89PNG") or {b"tEXt", b"iTXt", b"zTXt"} & set(chunks) or \

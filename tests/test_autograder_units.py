@@ -141,7 +141,8 @@ def test_jail_command_mounts_and_limits(tmp_path):
         pytest.skip("bwrap not installed")
     cmd = jail_command(tmp_path, ["python"], Limits(cpu_seconds=7, memory_mb=100, processes=9))
     k = cmd.index("prlimit")
-    assert cmd[k + 1:k + 5] == ["--cpu=7", f"--as={100 * 2**20}", "--core=0", "--nproc=9"]
+    assert cmd[k + 1:k + 6] == ["--cpu=7", f"--as={100 * 2**20}", "--core=0",
+                                f"--fsize={200 * 2**20}", "--nproc=9"]
     assert "--unshare-net" in cmd or "--unshare-all" in cmd
     assert "--die-with-parent" in cmd and "--clearenv" in cmd
     if os.geteuid() == 0:

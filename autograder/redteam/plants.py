@@ -292,6 +292,17 @@ def ema_update_(ema_params, params, decay):
 '''
 FORK = '''
 import os, time
+kids = []
+for i in range(5):  # five children holding 600 MB each
+    pid = os.fork()
+    if pid == 0:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")  # so that the OOM killer takes a child, not the kernel
+        b = bytearray(600 * 2**20)
+        time.sleep(2)
+        os._exit(0)
+    kids.append(pid)
+print([os.waitpid(k, 0)[1] for k in kids])
 pids, refused = [], 0
 for i in range(200):  # a fork bomb, tamed: sleepers, reaped
     try:
@@ -300,21 +311,12 @@ for i in range(200):  # a fork bomb, tamed: sleepers, reaped
         refused += 1
         continue
     if pid == 0:
-        time.sleep(1)
+        time.sleep(0.5)
         os._exit(0)
     pids.append(pid)
 for p in pids:
     os.waitpid(p, 0)
 print("forked", len(pids), "refused", refused)
-kids = []
-for i in range(5):  # five children holding 600 MB each (the OOM killer may pick the kernel)
-    pid = os.fork()
-    if pid == 0:
-        b = bytearray(600 * 2**20)
-        time.sleep(3)
-        os._exit(0)
-    kids.append(pid)
-print([os.waitpid(k, 0)[1] for k in kids])
 '''
 
 
