@@ -17,6 +17,7 @@ it counts as the budget, a lower bound on its true steps, and is reported as suc
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -157,6 +158,8 @@ def summarize(s: Summary) -> Outcome:
     details = {"threshold": thr, "budget": budget, "steps": steps, "censored": censored,
                "final_fid": final, "speedup": {a: r.value for a, r in ratios.items()},
                "curves": {a: _mean_curve(o) for a, o in by_arm.items()},
+               "fid_per_seed": {a: [[p["fid"] for p in o["curve"]] for o in outs]
+                                for a, outs in by_arm.items()},
                "loss_by_t": {a: _final_loss_by_t(o) for a, o in by_arm.items()},
                "gammas": gammas}
     return Outcome(arms + list(ratios.values()), headline, verdict, reason, figures, details)
@@ -174,23 +177,26 @@ def _final_loss_by_t(outs: list[dict], last: float = 0.25) -> list[float]:
     """Unweighted epsilon-MSE per timestep bin, averaged over the last quarter of the logged
     steps and over seeds (each logged step's bins hold only a few samples: average many)."""
     rows = []
-    for o in outs:
-        log = np.array([[np.nan if x is None else x for x in r[1:]] for r in o["loss_t"]], float)
-        k = max(1, int(len(log) * last))
-        rows.append(np.nanmean(log[-k:], axis=0))
-    return np.nanmean(rows, axis=0).tolist()
+    with warnings.catch_warnings():  # a bin no logged step sampled stays NaN (tiny batches)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for o in outs:
+            log = np.array([[np.nan if x is None else x for x in r[1:]] for r in o["loss_t"]], float)
+            k = max(1, int(len(log) * last))
+            rows.append(np.nanmean(log[-k:], axis=0))
+        return np.nanmean(rows, axis=0).tolist()
 
 
 def _figures(s: Summary, by_arm, steps, censored, ratios) -> list[str]:
+    # Figure objects draw on their own Agg canvas: no pyplot, so the global backend of the
+    # caller (a lecture's inline plots, in the same process with workers=1) stays untouched
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     st, arms = s.settings, list(by_arm)
-    colours = dict(zip(arms, plt.cm.viridis(np.linspace(0, 0.85, len(arms)))))
+    colours = dict(zip(arms, matplotlib.colormaps["viridis"](np.linspace(0, 0.85, len(arms)))))
     # 1. the question: FID along training, and where each run crosses the threshold
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for arm, outs in by_arm.items():
         for o in outs:
             ax.plot([p["step"] for p in o["curve"]], [p["fid"] for p in o["curve"]],
@@ -203,9 +209,9 @@ def _figures(s: Summary, by_arm, steps, censored, ratios) -> list[str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(s.figure_dir / "fid_curves.png", dpi=120)
-    plt.close(fig)
     # 2. steps to threshold per seed, per gamma (hollow: censored at the budget)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    ax, bx = fig.subplots(1, 2)
     for k, arm in enumerate(arms):
         v, c = np.array(steps[arm]), np.array(censored[arm])
         ax.scatter(np.full(len(v), k)[~c], v[~c], color=colours[arm], zorder=3)
@@ -228,9 +234,9 @@ def _figures(s: Summary, by_arm, steps, censored, ratios) -> list[str]:
     bx.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(s.figure_dir / "steps_to_threshold.png", dpi=120)
-    plt.close(fig)
     # 3. which noise levels each weighting learns: unweighted eps-MSE per timestep bin
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
     centres = (np.arange(NUM_T_BINS) + 0.5) * 1000 / NUM_T_BINS
     for arm, outs in by_arm.items():
         ax.plot(centres, _final_loss_by_t(outs), "o-", color=colours[arm], label=arm)
@@ -239,7 +245,6 @@ def _figures(s: Summary, by_arm, steps, censored, ratios) -> list[str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(s.figure_dir / "loss_by_t.png", dpi=120)
-    plt.close(fig)
     return ["fid_curves.png", "steps_to_threshold.png", "loss_by_t.png"]
 
 
@@ -261,8 +266,8 @@ EXPERIMENT = Experiment(
     full_minutes=9.0,
     scales={
         # a smoke test of the machinery (tiny model, a dozen steps): its numbers mean nothing
-        "fast": {**_COMMON, "preset": "tiny", "steps": 12, "every": 6, "batch_size": 8,
-                 "num_prompts": 8, "num_reference": 64, "sample_steps": 4, "threshold": 2000.0},
+        "fast": {**_COMMON, "preset": "tiny", "steps": 8, "every": 4, "batch_size": 8,
+                 "num_prompts": 4, "num_reference": 32, "sample_steps": 3, "threshold": 2000.0},
         # threshold 1200: the uniform pilot (seed 100, these settings but 300 steps, FID every
         # 25) crossed it at ~143 steps, 60% of the budget - room for either arm to be faster
         "full": {**_COMMON, "steps": 240, "every": 24, "batch_size": 16, "num_prompts": 32,
