@@ -91,6 +91,8 @@ class DiffusionConfig:
     noise_offset: float = bounded(0.0, lo=0.0, hi=1.0)
     caption_dropout: float = bounded(0.1, lo=0.0, hi=1.0)
     sampler: str = choices("ddim", "dpm", default="ddim")
+    # which timesteps the sampler visits (diffusion/sampling.py; Lin et al. 2024, sec. 3.3)
+    timestep_spacing: str = choices("leading", "trailing", "linspace", default="leading")
     sample_steps: int = bounded(25, lo=1, hi=1000)
     guidance_scale: float = bounded(3.0, lo=0.0)
     guidance_rescale: float = bounded(0.0, lo=0.0, hi=1.0)

@@ -114,3 +114,52 @@ def test_samplers_share_the_training_schedule(sampler):
     assert s.config.prediction_type == "v_prediction"
     torch.testing.assert_close(s.alphas_cumprod, train.alphas_cumprod)
     assert len(s.timesteps) == 10 and int(s.timesteps[0]) == 999  # trailing: starts at pure noise
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("steps", [4, 15])
+def test_ddim_timesteps_equal_diffusers_for_each_spacing(spacing, steps):
+    """Oracle: diffusers' DDIMScheduler with the same spacing visits the same timesteps."""
+    from diffusers import DDIMScheduler
+
+    train = make_scheduler("squaredcos_cap_v2")
+    ours = make_sampler(train, "ddim", steps=steps, timestep_spacing=spacing)
+    ref = DDIMScheduler(beta_schedule="squaredcos_cap_v2", timestep_spacing=spacing,
+                        clip_sample=False, set_alpha_to_one=False)
+    ref.set_timesteps(steps)
+    assert ours.timesteps.tolist() == ref.timesteps.tolist()
+    if spacing in ("trailing", "linspace"):
+        assert int(ours.timesteps[0]) == 999  # starts from pure noise (Lin et al. 2024, sec. 3.3)
+
+
+def test_leading_four_step_ddim_starts_at_750():
+    """The issue's numbers: leading 4-step DDIM starts at t = 750, cosine abar = 0.14 there."""
+    train = make_scheduler("squaredcos_cap_v2")
+    s = make_sampler(train, "ddim", steps=4, timestep_spacing="leading")
+    assert s.timesteps.tolist() == [750, 500, 250, 0]
+    assert float(train.alphas_cumprod[750]) == pytest.approx(0.143, abs=0.001)
+    assert make_sampler(train, "ddim", steps=4, timestep_spacing="trailing").timesteps.tolist() \
+        == [999, 749, 499, 249]
+
+
+def test_spacing_is_stored_in_the_schedule_and_checked():
+    assert make_scheduler().config.timestep_spacing == "leading"
+    assert make_scheduler(prediction_type="v_prediction",
+                          zero_terminal_snr=True).config.timestep_spacing == "trailing"
+    train = make_scheduler(timestep_spacing="trailing")
+    assert int(make_sampler(train, "ddim", steps=4).timesteps[0]) == 999
+    with pytest.raises(ValueError, match="timestep_spacing='middle'"):
+        make_scheduler(timestep_spacing="middle")
+    with pytest.raises(ValueError, match="timestep_spacing='middle'"):
+        make_sampler(make_scheduler(), "ddim", steps=4, timestep_spacing="middle")
+    zsnr = make_scheduler(prediction_type="v_prediction", zero_terminal_snr=True)
+    with pytest.raises(ValueError, match="zero terminal SNR needs"):
+        make_sampler(zsnr, "ddim", steps=4, timestep_spacing="leading")
+
+
+def test_config_rejects_an_unknown_spacing():
+    from reference_impl.config import ConfigError, load_config
+
+    assert load_config("ci").diffusion.timestep_spacing == "leading"
+    with pytest.raises(ConfigError, match="diffusion.timestep_spacing='middle' is not allowed"):
+        load_config("ci", ["diffusion.timestep_spacing=middle"])

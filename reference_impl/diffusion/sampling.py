@@ -30,18 +30,42 @@ def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: fl
     return guided
 
 
-def make_sampler(train_scheduler, sampler: str = "ddim", steps: int = 25):
-    """An inference scheduler sharing the training schedule's betas and prediction type."""
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def sampler_spacing(train_scheduler, timestep_spacing: str | None = None) -> str:
+    """Which inference timesteps to visit: ``timestep_spacing``, else the one the training
+    schedule was built with (``schedule.make_scheduler`` stores it in the scheduler's config).
+
+    "leading" (diffusers' DDIM default) visits t = 0, T/n, ..., so a 4-step DDIM starts at
+    t = 750, where the cosine schedule's abar = 0.14: the sampler feeds pure noise to a model
+    that expects 38% of the image still in it. "trailing" and "linspace" start at t = T - 1
+    (Lin et al. 2024, arXiv 2305.08891, sec. 3.3 and Table 2).
+    """
+    spacing = timestep_spacing or train_scheduler.config.get("timestep_spacing", "leading")
+    if spacing not in SPACINGS:
+        raise ValueError(f"timestep_spacing={spacing!r}; choose one of {SPACINGS}")
+    if spacing == "leading" and train_scheduler.config.get("rescale_betas_zero_snr", False):
+        raise ValueError("zero terminal SNR needs timestep_spacing 'trailing' or 'linspace': "
+                         "'leading' never visits t = T, the one step trained on pure noise "
+                         "(Lin et al. 2024, sec. 3.3)")
+    return spacing
+
+
+def make_sampler(train_scheduler, sampler: str = "ddim", steps: int = 25,
+                 timestep_spacing: str | None = None):
+    """An inference scheduler sharing the training schedule's betas and prediction type, with
+    the timesteps of ``sampler_spacing``."""
     config = dict(train_scheduler.config)
     zsnr = bool(config.get("rescale_betas_zero_snr", False))
+    spacing = sampler_spacing(train_scheduler, timestep_spacing)
+    if sampler == "dpm" and timestep_spacing is None and not zsnr:
+        spacing = "linspace"  # DPM-Solver's own default, as before; pass one to override it
     if sampler == "ddim":
-        # zero terminal SNR needs 'trailing' spacing so sampling starts at t = T (Lin et al. sec. 3.3)
-        s = DDIMScheduler.from_config(config, timestep_spacing="trailing" if zsnr else "leading",
-                                      set_alpha_to_one=False)
+        s = DDIMScheduler.from_config(config, timestep_spacing=spacing, set_alpha_to_one=False)
     elif sampler == "dpm":
         s = DPMSolverMultistepScheduler.from_config(
-            config, algorithm_type="dpmsolver++", solver_order=2,
-            timestep_spacing="trailing" if zsnr else "linspace",
+            config, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing=spacing,
             final_sigmas_type="zero" if zsnr else "sigma_min")
     else:
         raise ValueError(f"sampler={sampler!r}; choose 'ddim' or 'dpm'")
@@ -52,11 +76,13 @@ def make_sampler(train_scheduler, sampler: str = "ddim", steps: int = 25):
 @torch.no_grad()
 def sample(unet, text_encoder, prompts: list[str], resolution: int, train_scheduler,
            sampler: str = "ddim", steps: int = 25, guidance_scale: float = 3.0,
-           guidance_rescale: float = 0.0, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+           guidance_rescale: float = 0.0, seed: int = 0, batch_size: int = 64,
+           timestep_spacing: str | None = None) -> torch.Tensor:
     """Generate one image per prompt: (B, 3, resolution, resolution) in [-1, 1].
 
     The starting noise of prompt i depends only on ``seed`` and i's batch, so calling this
     twice with the same arguments gives the same images (a fixed validation set).
+    ``timestep_spacing`` overrides the training schedule's (see ``sampler_spacing``).
     """
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
@@ -67,7 +93,7 @@ def sample(unet, text_encoder, prompts: list[str], resolution: int, train_schedu
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         b = len(chunk)
-        sched = make_sampler(train_scheduler, sampler, steps)
+        sched = make_sampler(train_scheduler, sampler, steps, timestep_spacing)
         x = torch.randn(b, 3, resolution, resolution, generator=gen) * sched.init_noise_sigma
         x = x.to(device)
         cond, cmask = text_encoder.encode(chunk)

@@ -19,19 +19,31 @@ import torch
 from diffusers import DDPMScheduler
 
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SPACINGS = ("leading", "trailing", "linspace")  # which timesteps a sampler visits (sampling.py)
+DEFAULT_SPACING = "leading"
 
 
 def make_scheduler(beta_schedule: str = "squaredcos_cap_v2", num_train_timesteps: int = 1000,
-                   prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> DDPMScheduler:
-    """The training noise schedule (a diffusers ``DDPMScheduler``)."""
+                   prediction_type: str = "epsilon", zero_terminal_snr: bool = False,
+                   timestep_spacing: str | None = None) -> DDPMScheduler:
+    """The training noise schedule (a diffusers ``DDPMScheduler``).
+
+    ``timestep_spacing`` does not change training; it is stored in the scheduler's config (and
+    so in every exported checkpoint) for the samplers built from it. None: DEFAULT_SPACING, or
+    "trailing" under zero terminal SNR, which must start sampling at t = T.
+    """
     if beta_schedule not in SCHEDULES:
         raise ValueError(f"beta_schedule={beta_schedule!r}; choose one of {SCHEDULES}")
+    if timestep_spacing is None:
+        timestep_spacing = "trailing" if zero_terminal_snr else DEFAULT_SPACING
+    if timestep_spacing not in SPACINGS:
+        raise ValueError(f"timestep_spacing={timestep_spacing!r}; choose one of {SPACINGS}")
     kwargs = {}
     if beta_schedule == "scaled_linear":
         kwargs.update(beta_start=0.00085, beta_end=0.012)
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                          prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr,
-                         clip_sample=False, **kwargs)
+                         clip_sample=False, timestep_spacing=timestep_spacing, **kwargs)
 
 
 def snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
