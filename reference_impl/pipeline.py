@@ -282,7 +282,7 @@ class Pipeline:
 
     def stage_dpo(self, out: Path) -> dict:
         """Diffusion-DPO from the SFT model; the judge's win rate on held-out prompts."""
-        from .alignment.dpo_trainer import train_dpo
+        from .alignment.dpo import train_dpo
         from .alignment.preferences import load_pairs, random_prompts, win_rate
         from .training.finetune import measure
         pairs = load_pairs(self.dir("pairs") / "pairs")

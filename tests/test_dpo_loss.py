@@ -4,13 +4,22 @@ import math
 import pytest
 import torch
 
-from reference_impl.alignment.dpo import (
-    dpo_loss,
-    dpo_loss_from_mse,
-    pair_batch,
-    per_sample_mse,
-    shared_noise_and_timesteps,
-)
+from reference_impl.alignment.dpo import DiffusionDPOLoss, dpo_loss, dpo_loss_from_mse, per_sample_mse
+from reference_impl.config import DiffusionConfig
+from reference_impl.diffusion.objectives import ForwardProcess
+from reference_impl.diffusion.schedule import make_scheduler
+
+
+class _Text:
+    """A stand-in text encoder: (N, 1, 4) zeros."""
+
+    def encode(self, captions):
+        return torch.zeros(len(captions), 1, 4), torch.ones(len(captions), 1, dtype=torch.long)
+
+
+def _forward(seed=0, rank=0, world=1):
+    return ForwardProcess(make_scheduler("linear", 1000), DiffusionConfig(caption_dropout=0.0,
+                          noise_offset=0.0), _Text(), torch.Generator().manual_seed(seed), rank, world)
 
 
 def test_loss_is_log2_when_policy_equals_reference():
@@ -63,14 +72,27 @@ def test_gradient_pushes_winner_error_down_and_loser_error_up():
 
 
 def test_shared_noise_and_timesteps():
+    # the trainer's one noising path with repeat=2: winner row i and loser row B + i share
+    # noise and timestep, and they are the draw a plain (B, ...) batch would get
     x_w, x_l = torch.zeros(3, 1, 4, 4), torch.ones(3, 1, 4, 4)
-    noise, t = shared_noise_and_timesteps(x_w, x_l, 1000, torch.Generator().manual_seed(0))
-    assert noise.shape == x_w.shape and t.shape == (3,) and t.dtype == torch.long
-    assert int(t.min()) >= 0 and int(t.max()) < 1000
-    x, n, tt = pair_batch(x_w, x_l, 1000, torch.Generator().manual_seed(0))
-    assert torch.equal(x, torch.cat([x_w, x_l]))
-    assert torch.equal(n[:3], n[3:]) and torch.equal(tt[:3], tt[3:])
-    assert torch.equal(n[:3], noise) and torch.equal(tt[:3], t)  # same generator, same draw
+    plain = _forward()(x_w, ["a", "b", "c"])
+    assert plain.t.shape == (3,) and plain.t.dtype == torch.long
+    assert int(plain.t.min()) >= 0 and int(plain.t.max()) < 1000
+    pair = _forward()(torch.cat([x_w, x_l]), ["a", "b", "c"], repeat=2)
+    assert torch.equal(pair.target[:3], pair.target[3:]) and torch.equal(pair.t[:3], pair.t[3:])
+    assert torch.equal(pair.target[:3], plain.target) and torch.equal(pair.t[:3], plain.t)
+    assert pair.hidden.shape[0] == 6
+
+
+def test_shared_draw_is_the_global_batch_sliced_by_rank():
+    # the DPO bug of the old dpo_trainer.py: every rank drew the same local noise. Now rank r
+    # of 2 gets rows r, r + 2, ... of the global (2B) draw, which one process would get whole.
+    x = torch.zeros(4, 1, 4, 4)
+    whole = _forward()(torch.cat([x, x]), list("abcd"), repeat=2)
+    for rank in (0, 1):
+        part = _forward(rank=rank, world=2)(torch.cat([x[:2], x[:2]]), list("ab"), repeat=2)
+        assert torch.equal(part.t[:2], whole.t[:4][rank::2])
+        assert torch.equal(part.target[:2], whole.target[:4][rank::2])
 
 
 def test_bad_input_is_rejected():
@@ -81,4 +103,6 @@ def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="differ"):
         per_sample_mse(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="differ in shape"):
-        shared_noise_and_timesteps(torch.zeros(2, 3), torch.zeros(3, 3), 10)
+        loss = DiffusionDPOLoss(torch.nn.Linear(1, 1), beta=1.0)
+        loss(None, {"image_w": torch.zeros(2, 3), "image_l": torch.zeros(3, 3), "caption": ["a"] * 2},
+             _forward())

@@ -22,9 +22,17 @@ with a factor 1/2 in front:
 So ``beta`` here is that script's ``--beta_dpo`` (default 2500 there, for SD 1.5), not the
 paper's per-step beta. Differences of pixel-mean errors are ~1e-3, hence the large beta.
 
-Plain tensors in, tensors out: the trainer owns the models, this file owns the maths.
+Training (Algorithm 1): ``DiffusionDPOLoss`` is the loss the ordinary ``Trainer`` is given
+(``loss=``); it holds the frozen reference model. Everything else - optimizer, schedule,
+clipping, EMA, health checks, checkpoints, export, data parallelism - is the trainer's.
+How DPO differs from SFT is ``DiffusionDPOLoss.__call__`` next to
+``diffusion.objectives.DiffusionLoss.__call__``: pairs instead of images, one shared draw of
+noise and timestep per pair, a second (frozen) model, and eq. 14 instead of the MSE.
 """
 from __future__ import annotations
+
+import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -90,27 +98,67 @@ def dpo_loss(model_pred_w: torch.Tensor, model_pred_l: torch.Tensor,
                              per_sample_mse(ref_pred_l, target_l), beta)
 
 
-def shared_noise_and_timesteps(x_w: torch.Tensor, x_l: torch.Tensor, num_train_timesteps: int,
-                               generator: torch.Generator | None = None):
-    """One noise tensor and one timestep per pair, used for *both* images of the pair.
+class DiffusionDPOLoss:
+    """The Diffusion-DPO loss for the trainer: batches of pairs (image_w, image_l, caption).
 
-    x_w, x_l: (B, C, H, W) winners and losers. Returns noise (B, C, H, W) and t (B,) long.
-    Eq. 14 compares the two images under the same (e, t): with independent draws the
-    difference of errors would be dominated by the draw rather than by the preference.
+    ``policy``: the SFT model the policy starts from; a frozen copy of it becomes the reference
+    (copied here, before training touches anything). ``beta``: see the convention above.
+    Returns (loss, stats): ``t`` and ``mse`` (B,) per pair for the trainer's loss curve, and
+    ``dpo/...`` scalars (implicit accuracy, rewards; see ``dpo_loss_from_mse``).
     """
-    if x_w.shape != x_l.shape:
-        raise ValueError(f"winner {tuple(x_w.shape)} and loser {tuple(x_l.shape)} differ in shape")
-    noise = torch.randn(x_w.shape, generator=generator, dtype=x_w.dtype).to(x_w.device)
-    t = torch.randint(0, num_train_timesteps, (x_w.shape[0],), generator=generator)
-    return noise, t.to(x_w.device)
+
+    def __init__(self, policy: torch.nn.Module, beta: float):
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.beta = beta
+
+    def to(self, device) -> DiffusionDPOLoss:
+        self.reference.to(device)
+        return self
+
+    def __call__(self, unet, batch: dict, forward):
+        x_w, x_l = batch["image_w"], batch["image_l"]
+        if x_w.shape != x_l.shape:
+            raise ValueError(f"winner {tuple(x_w.shape)} and loser {tuple(x_l.shape)} differ in shape")
+        b = x_w.shape[0]
+        # rows i and B + i share noise and timestep: eq. 14 compares them under one draw
+        x = forward(torch.cat([x_w, x_l]), batch["caption"], repeat=2)
+        mse = per_sample_mse(forward.predict(unet, x), x.target)
+        with torch.no_grad():
+            ref_mse = per_sample_mse(forward.predict(self.reference, x), x.target)
+        loss, stats = dpo_loss_from_mse(mse[:b], mse[b:], ref_mse[:b], ref_mse[b:], self.beta)
+        return loss, {"t": x.t[:b].detach().cpu(), "mse": (0.5 * (mse[:b] + mse[b:])).detach().cpu(),
+                      **{f"dpo/{k}": v for k, v in stats.items()}}
 
 
-def pair_batch(x_w: torch.Tensor, x_l: torch.Tensor, num_train_timesteps: int,
-               generator: torch.Generator | None = None):
-    """Stack a pair batch for one forward pass: winners first, then losers.
+def dpo_config(cfg, output_dir):
+    """The run config of the DPO pass (``cfg.dpo``: steps, lr, pairs per batch)."""
+    from ..training.finetune import finetune_config
 
-    Returns x (2B, C, H, W), noise (2B, C, H, W) and t (2B,), where rows i and B + i share
-    noise and timestep; split model outputs back with ``out.chunk(2)`` -> (pred_w, pred_l).
-    """
-    noise, t = shared_noise_and_timesteps(x_w, x_l, num_train_timesteps, generator)
-    return torch.cat([x_w, x_l]), torch.cat([noise, noise]), torch.cat([t, t])
+    p = cfg.dpo
+    run = finetune_config(cfg, output_dir, p.steps, p.lr, p.batch_size, warmup_steps=p.steps // 10)
+    # no caption dropout or noise offset: the loss compares two images under the same prompt
+    diffusion = dataclasses.replace(run.diffusion, caption_dropout=0.0, noise_offset=0.0)
+    return dataclasses.replace(run, name=f"{cfg.name}-dpo", diffusion=diffusion)
+
+
+def train_dpo(cfg, sft_final, pairs, output_dir, progress: bool = True):
+    """Diffusion-DPO from the SFT model (its final/ folder, EMA weights) on a pair dataset.
+    Writes ``output_dir/final`` (the DPO model) and metrics.jsonl; returns the trainer."""
+    from ..training.finetune import load_unet
+    from ..training.trainer import Trainer
+    from .preferences import PairDataset
+
+    data = PairDataset(pairs)
+    run = dpo_config(cfg, output_dir)
+    batch = min(run.train.batch_size, len(data))
+    run = dataclasses.replace(run, train=dataclasses.replace(
+        run.train, batch_size=batch, curriculum=[dataclasses.replace(run.train.curriculum[0],
+                                                                    batch_size=batch)]))
+    unet = load_unet(sft_final, "ema")
+    trainer = Trainer(run, resume=True, progress=progress, unet=unet,
+                      loss=DiffusionDPOLoss(unet, cfg.dpo.beta),
+                      dataset_fn=lambda data_cfg, stage: data)
+    trainer.fit()
+    return trainer
