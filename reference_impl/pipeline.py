@@ -301,10 +301,11 @@ class Pipeline:
 
     def stage_lora(self, out: Path) -> dict:
         """A brand-look adapter on the DPO model; how often brand prompts come out in the style."""
-        from .adapters.lora import load_lora, merge_lora, unmerge_lora
+        from .adapters.lora import load_lora, merge_lora, train_lora, unmerge_lora
         from .alignment.preferences import random_prompts
         from .data.shapes import ShapesWorld
-        from .training.finetune import load_unet, sample_images, train_lora
+        from .models.exported import load_unet
+        from .training.finetune import sample_images
         lc = self.cfg.lora
         world = dataclasses.replace(self.cfg.data.world, seed=self.cfg.data.world.seed + 7,
                                     brand_fraction=1.0, caption_mix=[0.0, 0.0, 1.0],

@@ -4,7 +4,12 @@ import math
 import pytest
 import torch
 
-from reference_impl.alignment.dpo import DiffusionDPOLoss, dpo_loss, dpo_loss_from_mse, per_sample_mse
+from reference_impl.alignment.dpo import (
+    DiffusionDPOLoss,
+    dpo_loss,
+    dpo_loss_from_mse,
+    per_sample_mse,
+)
 from reference_impl.config import DiffusionConfig
 from reference_impl.diffusion.objectives import ForwardProcess
 from reference_impl.diffusion.schedule import make_scheduler

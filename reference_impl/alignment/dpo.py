@@ -146,7 +146,7 @@ def dpo_config(cfg, output_dir):
 def train_dpo(cfg, sft_final, pairs, output_dir, progress: bool = True):
     """Diffusion-DPO from the SFT model (its final/ folder, EMA weights) on a pair dataset.
     Writes ``output_dir/final`` (the DPO model) and metrics.jsonl; returns the trainer."""
-    from ..training.finetune import load_unet
+    from ..models.exported import load_unet
     from ..training.trainer import Trainer
     from .preferences import PairDataset
 

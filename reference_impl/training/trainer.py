@@ -42,11 +42,12 @@ from ..diffusion.sampling import sample
 from ..diffusion.schedule import make_scheduler
 from ..distributed import checkpoint as dcp_ckpt
 from ..distributed import fsdp as fsdp_lib
+from ..models.exported import export_final
 from ..models.text_encoder import TextEncoder
 from ..models.unet import build_unet, count_parameters
 from . import checkpoint as ckpt
 from . import perf
-from .ema import EMA
+from .ema import EMA, ShardedEMA
 from .health import HealthMonitor
 from .throughput import ThroughputMeter, device_peak_flops, training_step_flops
 
@@ -118,7 +119,7 @@ class Trainer:
             # already sharded: accelerate must not wrap it in DDP as well. Its optimizer wrapper
             # would add only fp16 loss scaling, which the config refuses with FSDP.
             self.unet, self.optimizer, self.lr_scheduler = model, optimizer, lr_sched
-            self.ema = fsdp_lib.ShardedEMA(self.unet, **ema_schedule)
+            self.ema = ShardedEMA(self.unet, **ema_schedule)
         else:
             self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
                 model, optimizer, lr_sched)
@@ -428,5 +429,4 @@ class Trainer:
             raw = self.validator.run(self.sample_fn(res, raw_model), step=self.step, out_dir=None)
             final.update({f"val_raw/{k}": v for k, v in raw.items() if isinstance(v, (int, float))})
             self._log(final, log_path, writer)
-        ckpt.export_final(self.run_dir, raw_model, ema_model, to_dict(self.cfg),
-                          self.noise_scheduler)
+        export_final(self.run_dir, raw_model, ema_model, to_dict(self.cfg), self.noise_scheduler)
