@@ -98,5 +98,5 @@ def sample_checkpoint(checkpoint_dir, prompts: list[str], seed: int = 0, ema: bo
     kw = dict(sampler=d.sampler, steps=d.sample_steps, guidance_scale=d.guidance_scale,
               guidance_rescale=d.guidance_rescale)
     kw.update(overrides)
-    resolution = unet.config.sample_size
+    resolution = kw.pop("resolution", None) or unet.config.sample_size  # the last trained
     return sample(unet, text, prompts, resolution, scheduler, seed=seed, **kw)

@@ -1,9 +1,14 @@
 """An exported model: a run's ``final/`` folder, written once and read by everything after it.
 
     final/unet/       raw weights     } diffusers ``UNet2DConditionModel.from_pretrained``
-    final/unet_ema/   EMA weights     }
+    final/unet_ema/   EMA weights     }   (their config's ``sample_size``: see below)
     final/scheduler/  the training noise schedule (``DDPMScheduler``)
     final/config.yaml the run's config
+
+``sample_size`` in the exported UNet configs is the resolution the model was *last trained at*
+(the last curriculum stage): diffusers' meaning of the field, the size a user samples at by
+default. The model is built with its first stage's size (16 px on the laptop preset), which
+``sample`` and ``evaluate --checkpoint`` used to draw at although training ended at 32 px.
 
 It lives with the models, below training and sampling, because writing (the trainer) and
 reading (sampling, fine-tuning, the pipeline, the CLI) both need it.
@@ -18,14 +23,20 @@ import torch
 import yaml
 
 
-def export_final(run_dir: str | Path, unet, ema_unet, cfg_dict: dict, scheduler) -> Path:
-    """Write ``final/`` in diffusers format (atomically, like a checkpoint); returns it."""
+def export_final(run_dir: str | Path, unet, ema_unet, cfg_dict: dict, scheduler,
+                 resolution: int | None = None) -> Path:
+    """Write ``final/`` in diffusers format (atomically, like a checkpoint); returns it.
+
+    ``resolution``: the last trained resolution, recorded as both UNets' ``sample_size``.
+    """
     run_dir = Path(run_dir)
     tmp, final = run_dir / ".tmp-final", run_dir / "final"
     if tmp.exists():
         shutil.rmtree(tmp)
-    unet.save_pretrained(tmp / "unet")
-    ema_unet.save_pretrained(tmp / "unet_ema")
+    for model, name in ((unet, "unet"), (ema_unet, "unet_ema")):
+        if resolution is not None:
+            model.register_to_config(sample_size=resolution)  # metadata only: the UNet is conv
+        model.save_pretrained(tmp / name)
     scheduler.save_pretrained(tmp / "scheduler")
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
     if final.exists():

@@ -429,4 +429,5 @@ class Trainer:
             raw = self.validator.run(self.sample_fn(res, raw_model), step=self.step, out_dir=None)
             final.update({f"val_raw/{k}": v for k, v in raw.items() if isinstance(v, (int, float))})
             self._log(final, log_path, writer)
-        export_final(self.run_dir, raw_model, ema_model, to_dict(self.cfg), self.noise_scheduler)
+        export_final(self.run_dir, raw_model, ema_model, to_dict(self.cfg), self.noise_scheduler,
+                     resolution=res)
