@@ -53,7 +53,7 @@ def train(run_dir, pairs_per_batch):
     from reference_impl.training.trainer import Trainer
 
     cfg = load_config("ci", [f"dpo.steps={STEPS}", "dpo.lr=1.0e-3", f"dpo.batch_size={pairs_per_batch}",
-                             "dpo.beta=100", f"train.grad_accum={ACCUM}", "train.log_every=1",
+                             "dpo.beta=50", f"train.grad_accum={ACCUM}", "train.log_every=1",
                              "train.curriculum=[{steps: 1, resolution: 16}]"])
     torch.manual_seed(0)
     unet = build_unet("tiny", 16, 384)

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reference_impl.alignment.dpo import (
     DiffusionDPOLoss,
@@ -44,7 +45,7 @@ def test_matches_hand_computation():
     model_l = torch.tensor([[[[0.3, 0.1]]], [[[1.0, 1.0]]]])   # mse 0.05, 0.00
     ref_w = torch.tensor([[[[0.2, 0.0]]], [[[1.0, 1.0]]]])     # mse 0.02, 0.00
     ref_l = torch.tensor([[[[0.1, 0.1]]], [[[0.9, 1.1]]]])     # mse 0.01, 0.01
-    beta = 100.0
+    beta = 50.0
     loss, stats = dpo_loss(model_w, model_l, ref_w, ref_l, target, target, beta=beta)
     # pair 0: (0.01 - 0.02) - (0.05 - 0.01) = -0.05 -> inside = -50 * -0.05 = 2.5
     # pair 1: (0.02 - 0.00) - (0.00 - 0.01) = 0.03 -> inside = -50 * 0.03 = -1.5
@@ -55,6 +56,42 @@ def test_matches_hand_computation():
     assert stats["reward_margin"] == pytest.approx((2.5 - 1.5) / 2, rel=1e-5)
     assert stats["reward_w"] == pytest.approx((0.5 - 1.0) / 2, rel=1e-5)  # -50 * (-0.01, 0.02)
     assert stats["reward_l"] == pytest.approx((-2.0 + 0.5) / 2, rel=1e-5)  # -50 * (0.04, -0.01)
+
+
+def diffusers_dpo_loss(model_pred, ref_pred, target, beta_dpo):
+    """diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo.py, "Compute
+    losses" to "Final loss" (loss_type sigmoid), line for line: predictions (2B, C, H, W),
+    winners first."""
+    model_losses = F.mse_loss(model_pred.float(), target.float(), reduction="none")
+    model_losses = model_losses.mean(dim=list(range(1, len(model_losses.shape))))
+    model_losses_w, model_losses_l = model_losses.chunk(2)
+    model_diff = model_losses_w - model_losses_l
+    ref_loss = F.mse_loss(ref_pred.float(), target.float(), reduction="none")
+    ref_loss = ref_loss.mean(dim=list(range(1, len(ref_loss.shape))))
+    ref_losses_w, ref_losses_l = ref_loss.chunk(2)
+    ref_diff = ref_losses_w - ref_losses_l
+    logits = ref_diff - model_diff
+    return -1 * F.logsigmoid(beta_dpo * logits).mean()
+
+
+def test_beta_is_diffusers_beta_dpo():
+    # a hand case: pair 0 as in test_matches_hand_computation (margin -0.05 -> inside 2.5 at
+    # beta 50), and random pairs, against diffusers' formula with the same beta
+    g = torch.Generator().manual_seed(3)
+    target = torch.randn(6, 3, 4, 4, generator=g)
+    model = target + 0.1 * torch.randn(6, 3, 4, 4, generator=g)
+    ref = target + 0.1 * torch.randn(6, 3, 4, 4, generator=g)
+    for beta in (50.0, 1250.0):
+        ours, _ = dpo_loss(model[:3], model[3:], ref[:3], ref[3:], target[:3], target[3:], beta=beta)
+        theirs = diffusers_dpo_loss(model, ref, target, beta)
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-6), beta
+    hand = torch.tensor([[[[0.0, 0.0]]]])
+    mw, ml = torch.tensor([[[[0.1, 0.1]]]]), torch.tensor([[[[0.3, 0.1]]]])  # mse 0.01, 0.05
+    rw, rl = torch.tensor([[[[0.2, 0.0]]]]), torch.tensor([[[[0.1, 0.1]]]])  # mse 0.02, 0.01
+    theirs = diffusers_dpo_loss(torch.cat([mw, ml]), torch.cat([rw, rl]), hand.repeat(2, 1, 1, 1), 50.0)
+    ours, _ = dpo_loss(mw, ml, rw, rl, hand, hand, beta=50.0)
+    assert ours.item() == pytest.approx(math.log1p(math.exp(-2.5)), rel=1e-5)
+    assert theirs.item() == pytest.approx(ours.item(), rel=1e-6)
 
 
 def test_implicit_accuracy_on_constructed_pairs():
@@ -69,9 +106,9 @@ def test_implicit_accuracy_on_constructed_pairs():
 def test_gradient_pushes_winner_error_down_and_loser_error_up():
     mse_w = torch.tensor([0.3], requires_grad=True)
     mse_l = torch.tensor([0.3], requires_grad=True)
-    loss, _ = dpo_loss_from_mse(mse_w, mse_l, torch.tensor([0.3]), torch.tensor([0.3]), beta=4.0)
+    loss, _ = dpo_loss_from_mse(mse_w, mse_l, torch.tensor([0.3]), torch.tensor([0.3]), beta=2.0)
     loss.backward()
-    # d/d mse_w of -log sigmoid(-beta/2 (mse_w - ...)) at 0 is beta/4 = 1; the loser's is -1.
+    # d/d mse_w of -log sigmoid(-beta (mse_w - ...)) at 0 is beta/2 = 1; the loser's is -1.
     assert mse_w.grad.item() == pytest.approx(1.0)
     assert mse_l.grad.item() == pytest.approx(-1.0)
 

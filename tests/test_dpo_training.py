@@ -44,7 +44,7 @@ def _eval(trainer, batch, draws: int = 8):
 
 
 def test_dpo_steps_learn_the_preference(tmp_path):
-    cfg = load_config("ci", ["dpo.steps=12", "dpo.lr=1.0e-3", "dpo.batch_size=4", "dpo.beta=100",
+    cfg = load_config("ci", ["dpo.steps=12", "dpo.lr=1.0e-3", "dpo.batch_size=4", "dpo.beta=50",
                              "train.curriculum=[{steps: 1, resolution: 16}]"])
     run = dpo_config(cfg, tmp_path)
     torch.manual_seed(0)

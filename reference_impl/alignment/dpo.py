@@ -11,16 +11,19 @@ In words: the policy should lower its denoising error on the preferred image x_w
 the frozen reference does*, and raise it on the rejected image x_l. Each ``||.||^2 - ||.||^2``
 is (minus) an implicit reward: how much better than the reference the policy explains a sample.
 
-Convention used here, that of diffusers' examples/research_projects/diffusion_dpo/
-train_diffusion_dpo.py: each squared error is the *mean over pixels* per sample,
-w(lambda_t) = 1, and the paper's ``beta T`` is folded into one constant written ``beta``,
-with a factor 1/2 in front:
+Convention: eq. 14 with w(lambda_t) = 1 and the paper's ``beta T`` folded into one constant,
+written ``beta``; each squared error is the *mean over pixels* per sample:
 
-    inside = -beta / 2 * ((mse_theta_w - mse_ref_w) - (mse_theta_l - mse_ref_l))
+    inside = -beta * ((mse_theta_w - mse_ref_w) - (mse_theta_l - mse_ref_l))
     loss   = -log sigmoid(inside), averaged over pairs.
 
-So ``beta`` here is that script's ``--beta_dpo`` (default 2500 there, for SD 1.5), not the
-paper's per-step beta. Differences of pixel-mean errors are ~1e-3, hence the large beta.
+This is exactly diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo.py
+(``logits = ref_diff - model_diff; loss = -logsigmoid(beta_dpo * logits)``, default 2500 for
+SD 1.5), so ``beta`` here is that script's ``--beta_dpo``; tests/test_dpo_loss.py holds the two
+equal. The official Diffusion-DPO code (SalesforceAIResearch/DiffusionDPO, train.py) writes
+``-0.5 * beta_dpo`` instead (default 5000): its beta is twice ours. Differences of pixel-mean
+errors are ~1e-3, hence the large beta. (Before this convention was fixed the code had the
+1/2; the presets were halved to keep their measured behaviour: laptop 2500 -> 1250.)
 
 Training (Algorithm 1): ``DiffusionDPOLoss`` is the loss the ordinary ``Trainer`` is given
 (``loss=``); it holds the frozen reference model. Everything else - optimizer, schedule,
@@ -50,13 +53,13 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def dpo_loss_from_mse(model_mse_w: torch.Tensor, model_mse_l: torch.Tensor,
                       ref_mse_w: torch.Tensor, ref_mse_l: torch.Tensor,
-                      beta: float = 2500.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """Diffusion-DPO loss (eq. 14, diffusers convention above) from per-sample MSEs, each (B,).
+                      beta: float = 1250.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Diffusion-DPO loss (eq. 14, the convention above) from per-sample MSEs, each (B,).
 
     Returns (scalar loss, stats). Stats:
       implicit_acc   fraction of pairs where the policy's implicit reward prefers the winner
                      (inside > 0; exactly 0 when policy == reference, a tie is no preference)
-      reward_w/_l    mean implicit rewards -beta/2 (mse_theta - mse_ref) of winners / losers
+      reward_w/_l    mean implicit rewards -beta (mse_theta - mse_ref) of winners / losers
       reward_margin  mean of reward_w - reward_l (= mean inside term)
       model_mse, ref_mse  mean denoising error of policy / reference over both images
     """
@@ -68,8 +71,8 @@ def dpo_loss_from_mse(model_mse_w: torch.Tensor, model_mse_l: torch.Tensor,
         raise ValueError(f"beta must be > 0, got {beta}")
     # Reference errors carry no gradient: the reference model is frozen.
     ref_mse_w, ref_mse_l = ref_mse_w.detach(), ref_mse_l.detach()
-    reward_w = -0.5 * beta * (model_mse_w - ref_mse_w)
-    reward_l = -0.5 * beta * (model_mse_l - ref_mse_l)
+    reward_w = -beta * (model_mse_w - ref_mse_w)
+    reward_l = -beta * (model_mse_l - ref_mse_l)
     inside = reward_w - reward_l
     loss = -F.logsigmoid(inside).mean()
     stats = {
@@ -86,7 +89,7 @@ def dpo_loss_from_mse(model_mse_w: torch.Tensor, model_mse_l: torch.Tensor,
 def dpo_loss(model_pred_w: torch.Tensor, model_pred_l: torch.Tensor,
              ref_pred_w: torch.Tensor, ref_pred_l: torch.Tensor,
              target_w: torch.Tensor, target_l: torch.Tensor,
-             beta: float = 2500.0) -> tuple[torch.Tensor, dict[str, float]]:
+             beta: float = 1250.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Diffusion-DPO loss from the four predictions (each (B, C, H, W)) and their targets.
 
     The target is what the model is trained to predict: the shared noise e for
