@@ -107,7 +107,8 @@ class NoisyBatch:
 
 
 class ForwardProcess:
-    """The one noising path of training: caption dropout, noise (+ offset), timesteps, x_t.
+    """The one noising path of training: caption dropout, noise (+ offset), timesteps, and
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Ho et al. 2020, arXiv 2006.11239, eq. 4).
 
     Data parallelism that does not change the numbers: every rank draws the randomness of the
     *global* batch (world x B rows) from the same generator and keeps rows rank::world.

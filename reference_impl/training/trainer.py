@@ -1,5 +1,6 @@
-"""The trainer: one loop for pre-training, SFT and LoRA (they differ by data, LR and which
-parameters train). Devices, mixed precision and data parallelism come from accelerate.
+"""The trainer: one loop for pre-training, SFT, LoRA and DPO (they differ by data, LR, which
+parameters train and - DPO only - the loss). Devices, mixed precision and data parallelism come
+from accelerate.
 
 What is learned is the *loss* the trainer is given (``loss=``): ``DiffusionLoss`` (pre-training,
 SFT, LoRA; diffusion/objectives.py) by default, ``DiffusionDPOLoss`` (alignment/dpo.py) for
