@@ -204,7 +204,7 @@ class DPOConfig:
 
     num_pairs: int = bounded(256, lo=1)  # prompts, two SFT samples each
     judge: str = choices("probe_then_aesthetic", "aesthetic", default="probe_then_aesthetic")
-    beta: float = bounded(2500.0, lo=1e-6)  # diffusers' beta_dpo convention, see alignment/dpo.py
+    beta: float = bounded(1250.0, lo=1e-6)  # eq. 14's beta*T = diffusers' beta_dpo; alignment/dpo.py
     steps: int = bounded(200, lo=1)
     lr: float = bounded(1e-4, lo=0.0)
     batch_size: int = bounded(16, lo=1)  # pairs per step

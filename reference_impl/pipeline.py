@@ -282,7 +282,7 @@ class Pipeline:
 
     def stage_dpo(self, out: Path) -> dict:
         """Diffusion-DPO from the SFT model; the judge's win rate on held-out prompts."""
-        from .alignment.dpo_trainer import train_dpo
+        from .alignment.dpo import train_dpo
         from .alignment.preferences import load_pairs, random_prompts, win_rate
         from .training.finetune import measure
         pairs = load_pairs(self.dir("pairs") / "pairs")
@@ -301,10 +301,11 @@ class Pipeline:
 
     def stage_lora(self, out: Path) -> dict:
         """A brand-look adapter on the DPO model; how often brand prompts come out in the style."""
-        from .adapters.lora import load_lora, merge_lora, unmerge_lora
+        from .adapters.lora import load_lora, merge_lora, train_lora, unmerge_lora
         from .alignment.preferences import random_prompts
         from .data.shapes import ShapesWorld
-        from .training.finetune import load_unet, sample_images, train_lora
+        from .models.exported import load_unet
+        from .training.finetune import sample_images
         lc = self.cfg.lora
         world = dataclasses.replace(self.cfg.data.world, seed=self.cfg.data.world.seed + 7,
                                     brand_fraction=1.0, caption_mix=[0.0, 0.0, 1.0],

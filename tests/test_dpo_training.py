@@ -1,13 +1,15 @@
-"""Diffusion-DPO training (alignment/dpo_trainer.py) on the tiny model: it learns the pairs."""
+"""Diffusion-DPO training (alignment/dpo.py: DiffusionDPOLoss on the ordinary Trainer) on the
+tiny model: it learns the pairs."""
 import math
 
 import torch
 
-from reference_impl.alignment.dpo_trainer import DPOTrainer, dpo_config
+from reference_impl.alignment.dpo import DiffusionDPOLoss, dpo_config
 from reference_impl.config import load_config
 from reference_impl.data.curriculum import BatchStream, collate
 from reference_impl.data.shapes import ShapesWorld, WorldConfig
 from reference_impl.models.unet import build_unet
+from reference_impl.training.trainer import Trainer
 
 
 class FixedPairs(torch.utils.data.Dataset):
@@ -34,21 +36,22 @@ def _eval(trainer, batch, draws: int = 8):
     losses, acc = [], []
     with torch.no_grad():
         for _ in range(draws):
-            loss, _ = trainer.micro_batch_loss(batch)
+            loss, stats = trainer.micro_batch_loss(batch)
             losses.append(float(loss))
-            acc.append(trainer._stats[-1]["implicit_acc"])
+            acc.append(stats["dpo/implicit_acc"])
     trainer.gen.set_state(state)
     return sum(losses) / draws, sum(acc) / draws
 
 
 def test_dpo_steps_learn_the_preference(tmp_path):
-    cfg = load_config("ci", ["dpo.steps=12", "dpo.lr=1.0e-3", "dpo.batch_size=4", "dpo.beta=100",
+    cfg = load_config("ci", ["dpo.steps=12", "dpo.lr=1.0e-3", "dpo.batch_size=4", "dpo.beta=50",
                              "train.curriculum=[{steps: 1, resolution: 16}]"])
     run = dpo_config(cfg, tmp_path)
     torch.manual_seed(0)
     unet = build_unet("tiny", 16, 384)
     data = FixedPairs()
-    trainer = DPOTrainer(run, unet, cfg.dpo.beta, dataset_fn=lambda d, s: data, progress=False)
+    trainer = Trainer(run, progress=False, unet=unet, loss=DiffusionDPOLoss(unet, cfg.dpo.beta),
+                      dataset_fn=lambda d, s: data)
     batch = collate(data.__getitems__([0, 1, 2, 3]))
     loss0, acc0 = _eval(trainer, batch)
     assert math.isclose(loss0, math.log(2), abs_tol=1e-6)  # policy == reference at the start
@@ -60,6 +63,6 @@ def test_dpo_steps_learn_the_preference(tmp_path):
     assert loss1 < loss0 - 0.2, (loss0, loss1)  # measured 0.69 -> 0.15
     assert acc1 >= 0.75, acc1  # measured 1.0
     # the policy moved, the reference is frozen
-    ref = dict(trainer.reference.named_parameters())
+    ref = dict(trainer.loss.reference.named_parameters())
     changed = any(not torch.equal(p, ref[n]) for n, p in trainer.raw_unet.named_parameters())
-    assert changed and not any(p.requires_grad for p in trainer.reference.parameters())
+    assert changed and not any(p.requires_grad for p in trainer.loss.reference.parameters())

@@ -1,12 +1,12 @@
-"""LoRA training (training/finetune.py + adapters/lora.py): only the adapter moves, and the
+"""LoRA training (adapters/lora.py: train_lora): only the adapter moves, and the
 adapter file round-trips, merges and unmerges."""
 import torch
 
-from reference_impl.adapters.lora import load_lora, merge_lora, unmerge_lora
+from reference_impl.adapters.lora import load_lora, merge_lora, train_lora, unmerge_lora
 from reference_impl.config import load_config
 from reference_impl.data.shapes import ShapesWorld, WorldConfig
+from reference_impl.models.exported import load_unet
 from reference_impl.models.unet import build_unet
-from reference_impl.training.finetune import load_unet, train_lora
 
 
 def _out(unet, x, t, h):

@@ -13,14 +13,19 @@ peft + diffusers (what a user ships): ``add_lora`` injects peft layers into the 
 projections of a ``UNet2DConditionModel``, ``save_lora`` / ``load_lora`` use the standard
 diffusers file (``pytorch_lora_weights.safetensors``, keys prefixed ``unet.``) that
 ``StableDiffusionPipeline.load_lora_weights`` also reads, and ``merge_lora`` folds B A into W0.
+``train_lora`` trains an adapter with the project's ``Trainer``.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import time
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 # The attention projections of diffusers' Attention blocks (self- and cross-attention):
 # what the diffusers LoRA training examples adapt.
@@ -152,3 +157,39 @@ def merge_lora(unet: nn.Module) -> None:
 def unmerge_lora(unet: nn.Module) -> None:
     """Undo ``merge_lora``: subtract the adapter back out of the base weights."""
     unet.unfuse_lora()
+
+
+def train_lora(cfg, base: str | Path, dataset, output_dir: str | Path,
+               progress: bool = True) -> dict:
+    """Train a LoRA adapter on ``dataset`` (brand images with their captions) on top of the
+    EMA weights of ``base`` (a final/ folder); save it to ``output_dir/adapter``.
+
+    Returns the numbers of the run: trainable parameters and their fraction, adapter size
+    (MB), training time (s), first/last loss. A plain loop over ``Trainer.train_step``: the
+    adapter, not a whole model, is what this run exports.
+    """
+    from ..data.curriculum import BatchStream
+    from ..training.finetune import finetune_config, load_unet
+    from ..training.trainer import Trainer
+
+    lc = cfg.lora
+    unet = load_unet(base, "ema")
+    stats = add_lora(unet, lc.rank, lc.alpha)
+    run_cfg = dataclasses.replace(finetune_config(cfg, output_dir, lc.steps, lc.lr, lc.batch_size),
+                                  name=f"{cfg.name}-lora")
+    trainer = Trainer(run_cfg, progress=progress, unet=unet)
+    stream = BatchStream(dataset, run_cfg.data, min(lc.batch_size, len(dataset)), seed=cfg.seed)
+    out = Path(output_dir)
+    losses, t0 = [], time.perf_counter()
+    with open(out / "metrics.jsonl", "w") as log:
+        for _ in tqdm(range(lc.steps), desc="lora", disable=not progress, dynamic_ncols=True):
+            rec = trainer.train_step(stream)
+            losses.append(rec["loss"])
+            log.write(json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}) + "\n")
+    seconds = time.perf_counter() - t0
+    path = save_lora(trainer.raw_unet, out / "adapter")
+    return {"trainable_params": stats["trainable"], "total_params": stats["total"],
+            "trainable_fraction": stats["fraction"], "adapter_mb": adapter_size_mb(path.parent),
+            "train_seconds": seconds, "steps": lc.steps, "num_images": len(dataset),
+            "loss_first": losses[0], "loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
+            "rank": lc.rank}

@@ -11,20 +11,31 @@ In words: the policy should lower its denoising error on the preferred image x_w
 the frozen reference does*, and raise it on the rejected image x_l. Each ``||.||^2 - ||.||^2``
 is (minus) an implicit reward: how much better than the reference the policy explains a sample.
 
-Convention used here, that of diffusers' examples/research_projects/diffusion_dpo/
-train_diffusion_dpo.py: each squared error is the *mean over pixels* per sample,
-w(lambda_t) = 1, and the paper's ``beta T`` is folded into one constant written ``beta``,
-with a factor 1/2 in front:
+Convention: eq. 14 with w(lambda_t) = 1 and the paper's ``beta T`` folded into one constant,
+written ``beta``; each squared error is the *mean over pixels* per sample:
 
-    inside = -beta / 2 * ((mse_theta_w - mse_ref_w) - (mse_theta_l - mse_ref_l))
+    inside = -beta * ((mse_theta_w - mse_ref_w) - (mse_theta_l - mse_ref_l))
     loss   = -log sigmoid(inside), averaged over pairs.
 
-So ``beta`` here is that script's ``--beta_dpo`` (default 2500 there, for SD 1.5), not the
-paper's per-step beta. Differences of pixel-mean errors are ~1e-3, hence the large beta.
+This is exactly diffusers' examples/research_projects/diffusion_dpo/train_diffusion_dpo.py
+(``logits = ref_diff - model_diff; loss = -logsigmoid(beta_dpo * logits)``, default 2500 for
+SD 1.5), so ``beta`` here is that script's ``--beta_dpo``; tests/test_dpo_loss.py holds the two
+equal. The official Diffusion-DPO code (SalesforceAIResearch/DiffusionDPO, train.py) writes
+``-0.5 * beta_dpo`` instead (default 5000): its beta is twice ours. Differences of pixel-mean
+errors are ~1e-3, hence the large beta. (Before this convention was fixed the code had the
+1/2; the presets were halved to keep their measured behaviour: laptop 2500 -> 1250.)
 
-Plain tensors in, tensors out: the trainer owns the models, this file owns the maths.
+Training (Algorithm 1): ``DiffusionDPOLoss`` is the loss the ordinary ``Trainer`` is given
+(``loss=``); it holds the frozen reference model. Everything else - optimizer, schedule,
+clipping, EMA, health checks, checkpoints, export, data parallelism - is the trainer's.
+How DPO differs from SFT is ``DiffusionDPOLoss.__call__`` next to
+``diffusion.objectives.DiffusionLoss.__call__``: pairs instead of images, one shared draw of
+noise and timestep per pair, a second (frozen) model, and eq. 14 instead of the MSE.
 """
 from __future__ import annotations
+
+import copy
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -42,13 +53,13 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def dpo_loss_from_mse(model_mse_w: torch.Tensor, model_mse_l: torch.Tensor,
                       ref_mse_w: torch.Tensor, ref_mse_l: torch.Tensor,
-                      beta: float = 2500.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """Diffusion-DPO loss (eq. 14, diffusers convention above) from per-sample MSEs, each (B,).
+                      beta: float = 1250.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Diffusion-DPO loss (eq. 14, the convention above) from per-sample MSEs, each (B,).
 
     Returns (scalar loss, stats). Stats:
       implicit_acc   fraction of pairs where the policy's implicit reward prefers the winner
                      (inside > 0; exactly 0 when policy == reference, a tie is no preference)
-      reward_w/_l    mean implicit rewards -beta/2 (mse_theta - mse_ref) of winners / losers
+      reward_w/_l    mean implicit rewards -beta (mse_theta - mse_ref) of winners / losers
       reward_margin  mean of reward_w - reward_l (= mean inside term)
       model_mse, ref_mse  mean denoising error of policy / reference over both images
     """
@@ -60,8 +71,8 @@ def dpo_loss_from_mse(model_mse_w: torch.Tensor, model_mse_l: torch.Tensor,
         raise ValueError(f"beta must be > 0, got {beta}")
     # Reference errors carry no gradient: the reference model is frozen.
     ref_mse_w, ref_mse_l = ref_mse_w.detach(), ref_mse_l.detach()
-    reward_w = -0.5 * beta * (model_mse_w - ref_mse_w)
-    reward_l = -0.5 * beta * (model_mse_l - ref_mse_l)
+    reward_w = -beta * (model_mse_w - ref_mse_w)
+    reward_l = -beta * (model_mse_l - ref_mse_l)
     inside = reward_w - reward_l
     loss = -F.logsigmoid(inside).mean()
     stats = {
@@ -78,7 +89,7 @@ def dpo_loss_from_mse(model_mse_w: torch.Tensor, model_mse_l: torch.Tensor,
 def dpo_loss(model_pred_w: torch.Tensor, model_pred_l: torch.Tensor,
              ref_pred_w: torch.Tensor, ref_pred_l: torch.Tensor,
              target_w: torch.Tensor, target_l: torch.Tensor,
-             beta: float = 2500.0) -> tuple[torch.Tensor, dict[str, float]]:
+             beta: float = 1250.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Diffusion-DPO loss from the four predictions (each (B, C, H, W)) and their targets.
 
     The target is what the model is trained to predict: the shared noise e for
@@ -90,27 +101,67 @@ def dpo_loss(model_pred_w: torch.Tensor, model_pred_l: torch.Tensor,
                              per_sample_mse(ref_pred_l, target_l), beta)
 
 
-def shared_noise_and_timesteps(x_w: torch.Tensor, x_l: torch.Tensor, num_train_timesteps: int,
-                               generator: torch.Generator | None = None):
-    """One noise tensor and one timestep per pair, used for *both* images of the pair.
+class DiffusionDPOLoss:
+    """The Diffusion-DPO loss for the trainer: batches of pairs (image_w, image_l, caption).
 
-    x_w, x_l: (B, C, H, W) winners and losers. Returns noise (B, C, H, W) and t (B,) long.
-    Eq. 14 compares the two images under the same (e, t): with independent draws the
-    difference of errors would be dominated by the draw rather than by the preference.
+    ``policy``: the SFT model the policy starts from; a frozen copy of it becomes the reference
+    (copied here, before training touches anything). ``beta``: see the convention above.
+    Returns (loss, stats): ``t`` and ``mse`` (B,) per pair for the trainer's loss curve, and
+    ``dpo/...`` scalars (implicit accuracy, rewards; see ``dpo_loss_from_mse``).
     """
-    if x_w.shape != x_l.shape:
-        raise ValueError(f"winner {tuple(x_w.shape)} and loser {tuple(x_l.shape)} differ in shape")
-    noise = torch.randn(x_w.shape, generator=generator, dtype=x_w.dtype).to(x_w.device)
-    t = torch.randint(0, num_train_timesteps, (x_w.shape[0],), generator=generator)
-    return noise, t.to(x_w.device)
+
+    def __init__(self, policy: torch.nn.Module, beta: float):
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.beta = beta
+
+    def to(self, device) -> DiffusionDPOLoss:
+        self.reference.to(device)
+        return self
+
+    def __call__(self, unet, batch: dict, forward):
+        x_w, x_l = batch["image_w"], batch["image_l"]
+        if x_w.shape != x_l.shape:
+            raise ValueError(f"winner {tuple(x_w.shape)} and loser {tuple(x_l.shape)} differ in shape")
+        b = x_w.shape[0]
+        # rows i and B + i share noise and timestep: eq. 14 compares them under one draw
+        x = forward(torch.cat([x_w, x_l]), batch["caption"], repeat=2)
+        mse = per_sample_mse(forward.predict(unet, x), x.target)
+        with torch.no_grad():
+            ref_mse = per_sample_mse(forward.predict(self.reference, x), x.target)
+        loss, stats = dpo_loss_from_mse(mse[:b], mse[b:], ref_mse[:b], ref_mse[b:], self.beta)
+        return loss, {"t": x.t[:b].detach().cpu(), "mse": (0.5 * (mse[:b] + mse[b:])).detach().cpu(),
+                      **{f"dpo/{k}": v for k, v in stats.items()}}
 
 
-def pair_batch(x_w: torch.Tensor, x_l: torch.Tensor, num_train_timesteps: int,
-               generator: torch.Generator | None = None):
-    """Stack a pair batch for one forward pass: winners first, then losers.
+def dpo_config(cfg, output_dir):
+    """The run config of the DPO pass (``cfg.dpo``: steps, lr, pairs per batch)."""
+    from ..training.finetune import finetune_config
 
-    Returns x (2B, C, H, W), noise (2B, C, H, W) and t (2B,), where rows i and B + i share
-    noise and timestep; split model outputs back with ``out.chunk(2)`` -> (pred_w, pred_l).
-    """
-    noise, t = shared_noise_and_timesteps(x_w, x_l, num_train_timesteps, generator)
-    return torch.cat([x_w, x_l]), torch.cat([noise, noise]), torch.cat([t, t])
+    p = cfg.dpo
+    run = finetune_config(cfg, output_dir, p.steps, p.lr, p.batch_size, warmup_steps=p.steps // 10)
+    # no caption dropout or noise offset: the loss compares two images under the same prompt
+    diffusion = dataclasses.replace(run.diffusion, caption_dropout=0.0, noise_offset=0.0)
+    return dataclasses.replace(run, name=f"{cfg.name}-dpo", diffusion=diffusion)
+
+
+def train_dpo(cfg, sft_final, pairs, output_dir, progress: bool = True):
+    """Diffusion-DPO from the SFT model (its final/ folder, EMA weights) on a pair dataset.
+    Writes ``output_dir/final`` (the DPO model) and metrics.jsonl; returns the trainer."""
+    from ..models.exported import load_unet
+    from ..training.trainer import Trainer
+    from .preferences import PairDataset
+
+    data = PairDataset(pairs)
+    run = dpo_config(cfg, output_dir)
+    batch = min(run.train.batch_size, len(data))
+    run = dataclasses.replace(run, train=dataclasses.replace(
+        run.train, batch_size=batch, curriculum=[dataclasses.replace(run.train.curriculum[0],
+                                                                    batch_size=batch)]))
+    unet = load_unet(sft_final, "ema")
+    trainer = Trainer(run, resume=True, progress=progress, unet=unet,
+                      loss=DiffusionDPOLoss(unet, cfg.dpo.beta),
+                      dataset_fn=lambda data_cfg, stage: data)
+    trainer.fit()
+    return trainer

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.captions import rich_caption
+from ..data.images import prepare_images
 from ..data.shapes import (
     BLUR_RANGE,
     LABEL_KEYS,
@@ -38,7 +39,6 @@ from ..data.shapes import (
     sample_scene,
 )
 from ..data.vocab import ATTRIBUTES
-from ..evaluation.probe import prepare_images
 from ..paths import build_lock, cache_dir, content_hash
 
 QUALITY_KEYS = ("blur", "noise", "offset", "level")  # regressed, each scaled to about [0, 1]

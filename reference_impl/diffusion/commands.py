@@ -13,6 +13,8 @@ def add_arguments(p) -> None:
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--sampler", choices=["ddim", "dpm"], default=None)
+    p.add_argument("--resolution", type=int, default=None,
+                   help="pixels (default: the resolution the model was last trained at)")
     p.add_argument("--out", default="samples.png", help="PNG grid (one row per prompt)")
 
 
@@ -23,7 +25,8 @@ def main(args) -> int:
 
     prompts = [p for p in args.prompt for _ in range(args.num)]
     kw = {k: v for k, v in (("guidance_scale", args.guidance_scale), ("steps", args.steps),
-                            ("sampler", args.sampler)) if v is not None}
+                            ("sampler", args.sampler), ("resolution", args.resolution))
+          if v is not None}
     images = sample_checkpoint(args.checkpoint, prompts, seed=args.seed, ema=not args.raw, **kw)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_image(images * 0.5 + 0.5, args.out, nrow=args.num)

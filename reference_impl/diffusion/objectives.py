@@ -17,10 +17,20 @@ its effort on the middle noise levels where structure is learned (~3.4x faster c
 Noise offset (Guttenberg 2023, "Diffusion with Offset Noise"): eps + s * n, n ~ N(0, 1) per
 image and channel, so the model learns to change an image's mean brightness - without it,
 samples drift to mid-grey and cannot be very dark or very bright.
+
+The one noising path of training (``ForwardProcess``, the forward process q(x_t | x_0) of Ho et
+al. 2020, eq. 4) and the loss built on it (``DiffusionLoss``) live here too; the Diffusion-DPO
+loss (alignment/dpo.py) uses the same path. A loss is an object the trainer is given:
+``loss(unet, batch, forward) -> (scalar loss, stats)``.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+from dataclasses import dataclass
+
 import torch
+
+from .schedule import snr
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -84,3 +94,85 @@ def drop_captions(captions: list[str], p: float, generator: torch.Generator | No
 def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per sample: (B, C, H, W) x 2 -> (B,), in float32."""
     return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+
+
+@dataclass
+class NoisyBatch:
+    """A training batch after the forward process, on the training device."""
+    x_t: torch.Tensor     # (N, C, H, W) noised images, in the model's memory layout
+    t: torch.Tensor       # (N,) long timesteps
+    target: torch.Tensor  # (N, C, H, W) what the model must predict (``training_target``)
+    hidden: torch.Tensor  # (N, L, D) caption embeddings (after caption dropout)
+    mask: torch.Tensor    # (N, L) their attention mask
+
+
+class ForwardProcess:
+    """The one noising path of training: caption dropout, noise (+ offset), timesteps, and
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (Ho et al. 2020, arXiv 2006.11239, eq. 4).
+
+    Data parallelism that does not change the numbers: every rank draws the randomness of the
+    *global* batch (world x B rows) from the same generator and keeps rows rank::world.
+    DistributedSampler deals each global batch out the same way (rank r holds positions
+    r, r + world, ...), so every image meets the noise, timestep and caption dropout it would
+    meet in one process with batch world x B, and the all-reduced mean gradient is that
+    process's gradient up to float rounding. With one process the slice is everything.
+
+    ``generator`` is shared with the trainer (its state is checkpointed); ``layout`` puts x_t in
+    the model's memory format; ``autocast`` is the mixed-precision context of the forward pass.
+    """
+
+    def __init__(self, scheduler, cfg, text_encoder, generator: torch.Generator,
+                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                 layout=lambda x: x, autocast=nullcontext):
+        self.scheduler, self.cfg, self.text, self.gen = scheduler, cfg, text_encoder, generator
+        self.rank, self.world, self.device = rank, world_size, device
+        self.layout, self.autocast = layout, autocast
+
+    def __call__(self, x0: torch.Tensor, captions: list[str], repeat: int = 1) -> NoisyBatch:
+        """Noise ``x0`` (repeat x B, C, H, W) captioned by ``captions`` (B strings).
+
+        ``repeat`` > 1: rows i, B + i, 2B + i, ... are images of the same caption and share one
+        draw of noise and timestep (Diffusion-DPO compares winner and loser under one draw).
+        """
+        d = self.cfg
+        x0 = x0.to(self.device)
+        b = len(captions)
+        assert x0.shape[0] == repeat * b, f"{x0.shape[0]} images for {repeat} x {b} captions"
+        gb = b * self.world
+        captions = drop_captions(captions, d.caption_dropout, self.gen, self.rank, self.world)
+        hidden, mask = self.text.encode(list(captions) * repeat)
+        shape = (gb, *x0.shape[1:])
+        noise = sample_noise(shape, d.noise_offset, self.gen)[self.rank::self.world]
+        t = torch.randint(0, d.num_train_timesteps, (gb,), generator=self.gen)[self.rank::self.world]
+        if repeat > 1:
+            noise, t = noise.repeat(repeat, 1, 1, 1), t.repeat(repeat)
+        noise, t = noise.to(self.device), t.to(self.device)
+        x_t = self.layout(self.scheduler.add_noise(x0, noise, t))
+        target = training_target(d.prediction_type, x0, noise, self.scheduler.alphas_cumprod, t)
+        return NoisyBatch(x_t, t, target, hidden.to(self.device), mask.to(self.device))
+
+    def predict(self, unet, x: NoisyBatch) -> torch.Tensor:
+        """The model's prediction (N, C, H, W) for a noisy batch, in mixed precision if set."""
+        with self.autocast():
+            return unet(x.x_t, x.t, x.hidden, encoder_attention_mask=x.mask).sample
+
+
+class DiffusionLoss:
+    """The denoising loss of pre-training, SFT and LoRA: E_t w(t) ||target - model(x_t, t)||^2
+    (Ho et al. 2020, eq. 14), with min-SNR-gamma weights w(t) when ``min_snr_gamma`` > 0.
+
+    Returns (scalar loss, stats); stats ``t`` and ``mse`` (B,) feed the per-timestep loss curve.
+    """
+
+    def __init__(self, prediction_type: str = "epsilon", min_snr_gamma: float = 0.0):
+        self.prediction_type, self.gamma = prediction_type, min_snr_gamma
+
+    def __call__(self, unet, batch: dict, forward: ForwardProcess):
+        x = forward(batch["image"], batch["caption"])
+        mse = per_sample_mse(forward.predict(unet, x), x.target)
+        if self.gamma > 0:
+            w = min_snr_weights(snr(forward.scheduler.alphas_cumprod, x.t), self.gamma,
+                                self.prediction_type)
+        else:
+            w = torch.ones_like(mse)
+        return (w * mse).mean(), {"t": x.t.detach().cpu(), "mse": mse.detach().cpu()}

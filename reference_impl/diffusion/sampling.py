@@ -116,13 +116,13 @@ def sample(unet, text_encoder, prompts: list[str], resolution: int, train_schedu
 
 def sample_checkpoint(checkpoint_dir, prompts: list[str], seed: int = 0, ema: bool = True,
                       **overrides) -> torch.Tensor:
-    """Sample from a saved final checkpoint (see ``training/checkpoint.py``)."""
-    from ..training.checkpoint import load_final
+    """Sample from a saved final checkpoint (see ``models/exported.py``)."""
+    from ..models.exported import load_final
 
     unet, cfg, scheduler, text = load_final(checkpoint_dir, ema=ema)
     d = cfg.diffusion
     kw = dict(sampler=d.sampler, steps=d.sample_steps, guidance_scale=d.guidance_scale,
               guidance_rescale=d.guidance_rescale)
     kw.update(overrides)
-    resolution = unet.config.sample_size
+    resolution = kw.pop("resolution", None) or unet.config.sample_size  # the last trained
     return sample(unet, text, prompts, resolution, scheduler, seed=seed, **kw)

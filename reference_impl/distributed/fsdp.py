@@ -13,8 +13,8 @@ arXiv 2304.11277) and pays for it in traffic:
 Parameters become ``DTensor``s (a local shard plus the layout of the whole), so everything
 written against "the model" must say which view it wants. That is what this file is for:
 ``shard_model`` (which submodules become shard units), ``no_grad_sync`` (gradient
-accumulation), ``ShardedEMA`` (the EMA sharded like the weights), ``gather_full`` (a whole,
-ordinary copy for sampling and export). Checkpoints go through ``distributed/checkpoint.py``.
+accumulation), ``gather_full`` (a whole, ordinary copy for sampling and export). The EMA is
+sharded like the weights: ``ShardedEMA`` in training/ema.py, beside the plain EMA. Checkpoints go through ``distributed/checkpoint.py``.
 
 We call torch's ``fully_shard`` ourselves rather than through accelerate's FSDP plugin: accelerate
 (1.15) only switches to FSDP for multi-GPU launches, and then the CPU tests could not run the
@@ -27,8 +27,6 @@ from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
-
-from ..training.ema import EMA
 
 
 def shard_units(model: torch.nn.Module, min_params: int) -> list[torch.nn.Module]:
@@ -138,39 +136,3 @@ def gather_full(template: torch.nn.Module, tensors: dict[str, torch.Tensor],
     model = copy.deepcopy(template).to_empty(device=device)
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
-
-
-class ShardedEMA(EMA):
-    """The EMA of an FSDP model, sharded like it: each rank averages only its own slice.
-
-    FSDP modules refuse ``deepcopy``, and a whole shadow copy on every rank would give back the
-    memory FSDP saved. The update ``ema <- d ema + (1 - d) theta`` is elementwise, so averaging
-    shard by shard is exactly the EMA of the whole. ``full(template)`` gathers it for sampling.
-    """
-
-    def __init__(self, model: torch.nn.Module, **schedule):
-        self._set_schedule(**schedule)
-        with torch.no_grad():
-            self.tensors = {n: t.detach().clone() for n, t in model.state_dict().items()}
-
-    def _pairs(self, model: torch.nn.Module):
-        """EMA.update's loop, by name: this rank's EMA shard and the model's shard."""
-        for name, p in model.named_parameters():
-            yield self.tensors[name], p, p.requires_grad
-        for name, b in model.named_buffers():
-            if name in self.tensors:  # non-persistent buffers are not in the state dict
-                yield self.tensors[name], b, False
-
-    def full(self, template: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """The whole EMA model (a collective: every rank calls it)."""
-        return gather_full(template, self.tensors, device)
-
-    def state_dict(self) -> dict:
-        # the tensors stay DTensors: distributed/checkpoint.py saves each rank's shard
-        return {"shadow": self.tensors, "optimization_step": self.optimization_step}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            for name, t in state["shadow"].items():
-                self.tensors[name].copy_(t)
-        self.optimization_step = int(state["optimization_step"])

@@ -3,7 +3,8 @@
     --images PATH        a folder of PNGs (with an optional captions.jsonl / metadata.jsonl of
                          {"file_name": ..., "text" or "caption": ...}) or a .pt file holding
                          {"images": (N, 3, H, W) in [-1, 1], "captions": [N strings]}
-    --checkpoint DIR     sample --num-samples validation prompts from a checkpoint instead
+    --checkpoint DIR     sample --num-samples validation prompts from a checkpoint instead, at
+                         the resolution it was last trained at (or --resolution)
     --reference N        real images of the same captions for domain-FID and brightness
     --json               print one JSON object with all measures on the last line
 """
@@ -24,6 +25,8 @@ def add_arguments(p) -> None:
     src.add_argument("--images", type=Path, help="folder of PNGs or a .pt file")
     src.add_argument("--checkpoint", type=Path, help="a checkpoint folder to sample from")
     p.add_argument("--num-samples", type=int, default=72, help="samples drawn from --checkpoint")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="--checkpoint: sample at this size (default: the last trained resolution)")
     p.add_argument("--reference", type=int, default=500, help="real images for domain-FID")
     p.add_argument("--seed", type=int, default=0, help="sampling and reference seed")
     p.add_argument("--device", default="cpu", help="device of the probe (cpu, cuda, ...)")
@@ -74,7 +77,7 @@ def load_images(path: Path) -> tuple[torch.Tensor, list[str] | None]:
     raise ValueError(f"--images must be a folder of images or a .pt file, got {path}")
 
 
-def sample_from_checkpoint(checkpoint: Path, n: int, seed: int):
+def sample_from_checkpoint(checkpoint: Path, n: int, seed: int, resolution: int | None = None):
     """Sample the first n validation prompts from a checkpoint (the pre-training engine)."""
     from .validation import validation_prompts
 
@@ -84,7 +87,8 @@ def sample_from_checkpoint(checkpoint: Path, n: int, seed: int):
         raise RuntimeError(f"checkpoint evaluation needs the pre-training engine "
                            f"(reference_impl.diffusion.sampling.sample_checkpoint): {e}") from None
     prompts = validation_prompts(n)
-    return sample_checkpoint(checkpoint, prompts, seed), prompts
+    kw = {} if resolution is None else {"resolution": resolution}
+    return sample_checkpoint(checkpoint, prompts, seed, **kw), prompts
 
 
 def evaluate(images: torch.Tensor, captions, reference: int, seed: int, device: str) -> dict:
@@ -124,7 +128,8 @@ def _summary(m: dict) -> list[str]:
 def main(args) -> int:
     try:
         if args.checkpoint is not None:
-            images, captions = sample_from_checkpoint(args.checkpoint, args.num_samples, args.seed)
+            images, captions = sample_from_checkpoint(args.checkpoint, args.num_samples, args.seed,
+                                                      args.resolution)
         else:
             images, captions = load_images(args.images)
         result = evaluate(images, captions, args.reference, args.seed, args.device)

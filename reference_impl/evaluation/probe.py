@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.images import prepare_images
 from ..data.shapes import WorldConfig, labels, render, sample_scene
 from ..data.vocab import ATTRIBUTES
 from ..paths import build_lock, cache_dir, content_hash
@@ -71,27 +72,6 @@ class ProbeConfig:
 
     def key(self) -> str:
         return content_hash({"version": VERSION, **dataclasses.asdict(self)})
-
-
-def prepare_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Check and resize: (B, 3, H, W) in [-1, 1] -> (B, 3, size, size) float32.
-
-    The input gate of every frozen image network here (the probe, the auto-captioner).
-    """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf values")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < -1.5 or hi > 1.5:  # slack for unclamped samples; 0..1 or 0..255 data is a bug
-        raise ValueError(f"expected images in [-1, 1], got values in [{lo:.2f}, {hi:.2f}]"
-                         " (rescale 0..255 images with x / 127.5 - 1, 0..1 images with 2x - 1)")
-    x = images.float().clamp(-1, 1)
-    if x.shape[-2:] != (size, size):
-        # antialias: downsizing 64 -> 32 averages pixels instead of skipping them
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
-    return x
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:

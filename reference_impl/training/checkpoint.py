@@ -9,8 +9,8 @@ the temporary folder, is the second line of defence. Only the newest ``keep`` ar
 What a checkpoint holds (enough to continue bit for bit on CPU): model, EMA, optimizer, LR
 schedule, health monitor, trainer position (stage, step, batches consumed) and every RNG state.
 
-The final model is also exported in diffusers format (``final/unet`` and ``final/unet_ema``,
-loadable with ``UNet2DConditionModel.from_pretrained``), with the run's config and noise schedule.
+The final model is exported in diffusers format by ``models/exported.py`` (``export_final``,
+read back by ``load_final`` / ``load_unet``), where sampling may import it too.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 PREFIX = "step_"
 
@@ -101,37 +100,3 @@ def load_checkpoint(path: str | Path) -> dict:
                          "reference_impl.distributed.checkpoint.load_distributed")
     names = json.loads((path / "COMPLETE").read_text())["files"]
     return {n: torch.load(path / f"{n}.pt", weights_only=False, map_location="cpu") for n in names}
-
-
-def export_final(run_dir: str | Path, unet, ema_unet, cfg_dict: dict, scheduler) -> Path:
-    """Write ``final/`` in diffusers format (atomically, like a checkpoint)."""
-    run_dir = Path(run_dir)
-    tmp, final = run_dir / ".tmp-final", run_dir / "final"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    unet.save_pretrained(tmp / "unet")
-    ema_unet.save_pretrained(tmp / "unet_ema")
-    scheduler.save_pretrained(tmp / "scheduler")
-    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
-
-
-def load_final(path: str | Path, ema: bool = True, device: str = "cpu"):
-    """(unet, config, train scheduler, text encoder) from an exported ``final/`` folder."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    from ..config import load_config
-    from ..models.text_encoder import TextEncoder
-
-    path = Path(path)
-    if not (path / "config.yaml").exists():
-        raise FileNotFoundError(f"{path} is not an exported model folder (no config.yaml); "
-                                "pass a run's final/ folder")
-    cfg = load_config(str(path / "config.yaml"))
-    unet = UNet2DConditionModel.from_pretrained(path / ("unet_ema" if ema else "unet")).to(device)
-    scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
-    text = TextEncoder(cfg.text.encoder, cfg.text.max_length, device=device)
-    return unet.eval(), cfg, scheduler, text

@@ -10,6 +10,10 @@ steps, far from any minimum, are quickly forgotten (the schedule of diffusers' `
   with warm-up:    d_k = 1 - (1 + k / inv_gamma) ** -power   (Karras et al. style; power 2/3
                    reaches 0.999 at ~31.6k steps, power 3/4 reaches 0.9999 at ~215k steps)
 then clipped to [min_decay, decay], where k counts steps after ``update_after_step``.
+
+Where EMA happens, all of it: ``EMA`` (one whole shadow copy) and ``ShardedEMA`` (under FSDP,
+each rank averages its own shard) here; the trainer calls ``update`` after each optimizer step
+(training/trainer.py, ``train_step``), samples and exports from the shadow (``whole_models``).
 """
 from __future__ import annotations
 
@@ -70,4 +74,42 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.shadow.load_state_dict(state["shadow"])
+        self.optimization_step = int(state["optimization_step"])
+
+
+class ShardedEMA(EMA):
+    """The EMA of an FSDP model, sharded like it: each rank averages only its own slice.
+
+    FSDP modules refuse ``deepcopy``, and a whole shadow copy on every rank would give back the
+    memory FSDP saved. The update ``ema <- d ema + (1 - d) theta`` is elementwise, so averaging
+    shard by shard is exactly the EMA of the whole. ``full(template)`` gathers it for sampling.
+    """
+
+    def __init__(self, model: torch.nn.Module, **schedule):
+        self._set_schedule(**schedule)
+        with torch.no_grad():
+            self.tensors = {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+    def _pairs(self, model: torch.nn.Module):
+        """EMA.update's loop, by name: this rank's EMA shard and the model's shard."""
+        for name, p in model.named_parameters():
+            yield self.tensors[name], p, p.requires_grad
+        for name, b in model.named_buffers():
+            if name in self.tensors:  # non-persistent buffers are not in the state dict
+                yield self.tensors[name], b, False
+
+    def full(self, template: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """The whole EMA model (a collective: every rank calls it)."""
+        from ..distributed.fsdp import gather_full
+
+        return gather_full(template, self.tensors, device)
+
+    def state_dict(self) -> dict:
+        # the tensors stay DTensors: distributed/checkpoint.py saves each rank's shard
+        return {"shadow": self.tensors, "optimization_step": self.optimization_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for name, t in state["shadow"].items():
+                self.tensors[name].copy_(t)
         self.optimization_step = int(state["optimization_step"])

@@ -1,10 +1,15 @@
-"""The trainer: one loop for pre-training, SFT and LoRA (they differ by data, LR and which
-parameters train). Devices, mixed precision and data parallelism come from accelerate.
+"""The trainer: one loop for pre-training, SFT, LoRA and DPO (they differ by data, LR, which
+parameters train and - DPO only - the loss). Devices, mixed precision and data parallelism come
+from accelerate.
+
+What is learned is the *loss* the trainer is given (``loss=``): ``DiffusionLoss`` (pre-training,
+SFT, LoRA; diffusion/objectives.py) by default, ``DiffusionDPOLoss`` (alignment/dpo.py) for
+DPO. Both noise their batch through the one ``ForwardProcess``; the trainer logs their stats.
 
 One optimizer step (``train_step``):
-  1. for each of ``grad_accum`` micro-batches: noise (+ offset), timesteps, caption dropout,
-     the objective's target, min-SNR weights; backward of loss / grad_accum - without the DDP
-     gradient sync except on the last micro-batch;
+  1. for each of ``grad_accum`` micro-batches: the loss (noise, timesteps, caption dropout,
+     target, weights); backward of loss / grad_accum - without the DDP gradient sync except
+     on the last micro-batch;
   2. clip the gradient norm (the pre-clip norm is logged);
   3. health check: a non-finite loss or gradient skips the update; too many in a row abort;
   4. optimizer and LR schedule step, then the EMA folds in the new weights.
@@ -33,22 +38,17 @@ from tqdm.auto import tqdm
 
 from ..config import Config, to_dict
 from ..data.curriculum import BatchStream, stage_dataset
-from ..diffusion.objectives import (
-    drop_captions,
-    min_snr_weights,
-    per_sample_mse,
-    sample_noise,
-    training_target,
-)
+from ..diffusion.objectives import DiffusionLoss, ForwardProcess
 from ..diffusion.sampling import sample
-from ..diffusion.schedule import make_scheduler, snr
+from ..diffusion.schedule import make_scheduler
 from ..distributed import checkpoint as dcp_ckpt
 from ..distributed import fsdp as fsdp_lib
+from ..models.exported import export_final
 from ..models.text_encoder import TextEncoder
 from ..models.unet import build_unet, count_parameters
 from . import checkpoint as ckpt
 from . import perf
-from .ema import EMA
+from .ema import EMA, ShardedEMA
 from .health import HealthMonitor
 from .throughput import ThroughputMeter, device_peak_flops, training_step_flops
 
@@ -59,7 +59,8 @@ class Trainer:
     """Builds everything from a ``Config`` and trains it through its curriculum."""
 
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True,
-                 unet: torch.nn.Module | None = None, validator=None, dataset_fn=None):
+                 unet: torch.nn.Module | None = None, validator=None, dataset_fn=None,
+                 loss=None):
         self.cfg, self.progress = cfg, progress
         # dataset_fn(data_cfg, stage) -> Dataset replaces curriculum.stage_dataset: how SFT,
         # DPO and the pipeline train on a filtered, re-captioned or curated subset
@@ -119,7 +120,7 @@ class Trainer:
             # already sharded: accelerate must not wrap it in DDP as well. Its optimizer wrapper
             # would add only fp16 loss scaling, which the config refuses with FSDP.
             self.unet, self.optimizer, self.lr_scheduler = model, optimizer, lr_sched
-            self.ema = fsdp_lib.ShardedEMA(self.unet, **ema_schedule)
+            self.ema = ShardedEMA(self.unet, **ema_schedule)
         else:
             self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
                 model, optimizer, lr_sched)
@@ -128,6 +129,17 @@ class Trainer:
         # noise, timesteps and caption dropout: one generator, the same on every rank (see
         # micro_batch_loss), so a checkpoint's generator state is every rank's state
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + 17)
+        d = cfg.diffusion
+        self.forward_process = ForwardProcess(
+            self.noise_scheduler, d, self.text, self.gen, self.accelerator.process_index,
+            self.accelerator.num_processes, self.device,
+            layout=lambda x: perf.to_layout(x, cfg.perf, self.device),
+            autocast=self.accelerator.autocast)
+        # loss(unet, batch, forward_process) -> (loss, stats); a loss holding models of its own
+        # (DPO's frozen reference) moves them to this device
+        self.loss = loss if loss is not None else DiffusionLoss(d.prediction_type, d.min_snr_gamma)
+        if hasattr(self.loss, "to"):
+            self.loss.to(self.device)
         self.step, self.stage_index, self.stage_batches = 0, 0, 0
         self.validator = validator
         self.history: list[dict] = []
@@ -218,47 +230,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
     def micro_batch_loss(self, batch: dict, inject_nan: bool = False) -> tuple[torch.Tensor, dict]:
-        """Weighted diffusion loss of one micro-batch (scalar) and per-sample diagnostics."""
-        d = self.cfg.diffusion
-        x0 = batch["image"].to(self.device)
-        b = x0.shape[0]
-        # Data parallelism that does not change the numbers: every rank draws the randomness
-        # of the *global* batch (world x b samples) from the same generator and keeps rows
-        # rank::world. DistributedSampler deals each global batch out the same way (rank r
-        # holds positions r, r + world, ...), so every image meets the noise, timestep and
-        # caption dropout it would meet in one process with batch world x b, and the
-        # all-reduced mean gradient is that process's gradient up to float rounding. With
-        # one process the slice is everything: the draws are those of a plain loop.
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        gb = b * world
-        captions = drop_captions(batch["caption"], d.caption_dropout, self.gen, rank, world)
-        hidden, mask = self.text.encode(captions)
-        noise = sample_noise((gb, *x0.shape[1:]), d.noise_offset, self.gen)[rank::world]
-        noise = noise.to(self.device)
-        t = torch.randint(0, d.num_train_timesteps, (gb,), generator=self.gen)[rank::world]
-        t = t.to(self.device)
-        x_t = perf.to_layout(self.noise_scheduler.add_noise(x0, noise, t), self.cfg.perf, self.device)
-        acp = self.noise_scheduler.alphas_cumprod
-        target = training_target(d.prediction_type, x0, noise, acp, t)
-        with self.accelerator.autocast():
-            pred = self.unet(x_t, t, hidden.to(self.device),
-                             encoder_attention_mask=mask.to(self.device)).sample
-        mse = per_sample_mse(pred, target)
-        w = min_snr_weights(snr(acp, t), d.min_snr_gamma, d.prediction_type) \
-            if d.min_snr_gamma > 0 else torch.ones_like(mse)
-        loss = (w * mse).mean()
+        """The loss of one micro-batch (scalar) and its stats (see ``train_step``)."""
+        loss, stats = self.loss(self.unet, batch, self.forward_process)
         if inject_nan:
             loss = loss * float("nan")
-        return loss, {"t": t.detach().cpu(), "mse": mse.detach().cpu()}
+        return loss, stats
 
     def train_step(self, stream: BatchStream) -> dict:
-        """One optimizer step over ``grad_accum`` micro-batches; returns its log record."""
+        """One optimizer step over ``grad_accum`` micro-batches; returns its log record.
+
+        The loss's stats: ``t`` and ``mse`` (B,) feed the per-timestep-bin loss ``loss_t/i``;
+        every float (DPO's ``dpo/implicit_acc``, ...) is logged under its name, averaged over
+        the micro-batches and the ranks like the loss itself.
+        """
         tc = self.cfg.train
         t0 = time.perf_counter()
         data_wait, total, images = 0.0, 0.0, 0
         bins = torch.zeros(NUM_T_BINS)
         counts = torch.zeros(NUM_T_BINS)
         inject = self.step in tc.inject_nan_at
+        logged: dict[str, float] = {}  # the loss's scalar stats, summed over micro-batches
         for micro in range(tc.grad_accum):
             td = time.perf_counter()
             batch = next(stream)
@@ -280,12 +271,17 @@ class Trainer:
             b = (diag["t"] * NUM_T_BINS // self.cfg.diffusion.num_train_timesteps).clamp(max=NUM_T_BINS - 1)
             bins.index_add_(0, b, diag["mse"])
             counts.index_add_(0, b, torch.ones_like(diag["mse"]))
+            for k, v in diag.items():
+                if isinstance(v, float):
+                    logged[k] = logged.get(k, 0.0) + v / tc.grad_accum
         max_norm = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
         norm = self.accelerator.clip_grad_norm_(self.unet.parameters(), max_norm)
         # under FSDP the norm is a DTensor (each rank summed its shard's squares): make it whole
         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if self.accelerator.num_processes > 1:  # the global batch's loss, the same on all ranks
-            total = float(self.accelerator.reduce(torch.tensor(total, device=self.device), "mean"))
+        if self.accelerator.num_processes > 1:  # the global batch's numbers, the same on all ranks
+            both = torch.tensor([total, *logged.values()], device=self.device)  # float32, as before
+            total, *rest = self.accelerator.reduce(both, "mean").tolist()
+            logged = dict(zip(logged, rest))
         report = self.health.check(total, grad_norm)
         decay = None
         if report["ok"]:
@@ -299,7 +295,8 @@ class Trainer:
                "lr": self.lr_scheduler.get_last_lr()[0], "ema_decay": decay,
                "skipped": not report["ok"], "spike": report["spike"],
                "loss_ema": report["loss_ema"], "loss_std": report["loss_std"],
-               "_seconds": time.perf_counter() - t0, "_data_seconds": data_wait, "_images": images}
+               "_seconds": time.perf_counter() - t0, "_data_seconds": data_wait, "_images": images,
+               **logged}
         for i in range(NUM_T_BINS):
             if counts[i] > 0:
                 rec[f"loss_t/{i}"] = float(bins[i] / counts[i])
@@ -433,5 +430,5 @@ class Trainer:
             raw = self.validator.run(self.sample_fn(res, raw_model), step=self.step, out_dir=None)
             final.update({f"val_raw/{k}": v for k, v in raw.items() if isinstance(v, (int, float))})
             self._log(final, log_path, writer)
-        ckpt.export_final(self.run_dir, raw_model, ema_model, to_dict(self.cfg),
-                          self.noise_scheduler)
+        export_final(self.run_dir, raw_model, ema_model, to_dict(self.cfg), self.noise_scheduler,
+                     resolution=res)
