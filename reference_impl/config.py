@@ -11,6 +11,7 @@ n non-negative weights.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -339,11 +340,17 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _parse_override(text: str) -> tuple[list[str], object]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value (e.g. data.resolution=16)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 2e-3 (no dot) as a string; a user means 0.002
+    return key.strip().split("."), value
 
 
 def resolve_preset(name_or_path: str) -> Path:

@@ -21,6 +21,14 @@ def test_overrides_apply_and_coerce():
     assert cfg.data.world.hq_fraction == 1.0 and isinstance(cfg.data.world.hq_fraction, float)
 
 
+def test_exponent_without_a_dot_is_a_number():
+    # YAML 1.1 (PyYAML) reads "2e-3" as a string; on the command line it means 0.002
+    assert load_config("ci", ["train.lr=2e-3"]).train.lr == 0.002
+    assert load_config("ci", ["train.lr=1E4"]).train.lr == 1e4
+    with pytest.raises(ConfigError, match="must be of type str"):
+        load_config("ci", ["name=1e3"])  # a number where a string belongs is still refused
+
+
 @pytest.mark.parametrize("override, words", [
     ("data.resolutin=16", ["unknown key data.resolutin", "resolution"]),
     ("bogus=1", ["unknown key bogus", "allowed keys"]),
