@@ -20,6 +20,7 @@ import binascii
 import io
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -139,7 +140,8 @@ def feedback_run(nb, root: Path, limits: Limits, job: dict) -> tuple[list[dict],
     """Run the notebook in a jailed kernel for the feedback only: (status per cell, notes)."""
     from .kernel import run_cells
 
-    cg = Cgroup.create(f"autograder-{job['key']}-nb", limits) if job["sandbox"] else None
+    name = f"autograder-{job['key']}-{secrets.token_hex(4)}-nb"  # unique: batches may overlap
+    cg = Cgroup.create(name, limits) if job["sandbox"] else None
     notes = []
     try:
         status = run_cells(nb, root, limits, sandbox=job["sandbox"], slot=job["slot"],
@@ -178,7 +180,7 @@ def hidden_checks(nb, root: Path, limits: Limits, job: dict, spec: dict) -> tupl
     cmd = [sys.executable, "-I", HARNESS_IN_JAIL, "plan.json", "results.jsonl"]
     cg = None
     if job["sandbox"]:
-        cg = Cgroup.create(f"autograder-{job['key']}-checks", limits)
+        cg = Cgroup.create(f"autograder-{job['key']}-{secrets.token_hex(4)}-checks", limits)
         own_for_jail(root, job["slot"])
         cmd = jail_command(root, cmd, limits, slot=job["slot"], cgroup=cg,
                            env={"MPLBACKEND": "Agg", "COURSE_FAST": "1"})
