@@ -408,17 +408,20 @@ def _bars(ax, arms: list[Arm], title: str, colours) -> None:
 
 
 def draw(fig_dir: Path, cost: dict, cur: dict, qual: dict, arms: list[Arm]) -> list[str]:
-    import matplotlib
+    # matplotlib's Figure without pyplot: no backend is switched, so a notebook that runs the
+    # experiment keeps drawing its own figures inline
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def subplots(*shape, figsize):
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*shape)
 
     def pick(names, metric):
         return [a for a in arms if a.name in names and a.metric.startswith(metric)]
 
     flops, ips = cost["flops_per_image"], cost["images_per_s"]
     res = sorted(flops, key=int)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     x = np.arange(len(res))
     ax.bar(x - 0.2, [flops[r] / flops[res[0]] for r in res], 0.4, label="counted FLOPs (exact)")
     ax.bar(x + 0.2, [np.mean(ips[res[0]]) / np.mean(ips[r]) for r in res], 0.4,
@@ -429,18 +432,16 @@ def draw(fig_dir: Path, cost: dict, cur: dict, qual: dict, arms: list[Arm]) -> l
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(fig_dir / "cost.png", dpi=120)
-    plt.close(fig)
 
     colours = ["#9ecae1", "#3182bd", "#fdae6b"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    fig, axes = subplots(1, 3, figsize=(12, 3.8))
     for ax, metric in zip(axes, ("attribute accuracy", "prompt accuracy", "domain-FID")):
         _bars(ax, pick(CURRICULUM_ARMS, metric), metric + " at 32 px", colours)
     fig.suptitle("Equal training FLOPs: 32 px throughout vs 16 px then 32 px")
     fig.tight_layout()
     fig.savefig(fig_dir / "curriculum.png", dpi=120)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    fig, axes = subplots(1, 3, figsize=(12, 3.8))
     for ax, metric in zip(axes, ("domain-FID", "sharpness", "prompt accuracy")):
         _bars(ax, pick(QUALITY_ARMS, metric), metric, colours)
     data = qual["mixed only"][0]["data_sharpness"]
@@ -450,10 +451,9 @@ def draw(fig_dir: Path, cost: dict, cur: dict, qual: dict, arms: list[Arm]) -> l
     fig.suptitle("1 billion blurry, 1 million sharp: equal steps, scarce sharp set")
     fig.tight_layout()
     fig.savefig(fig_dir / "quality.png", dpi=120)
-    plt.close(fig)
 
     groups = {**cur, **qual}
-    fig, axes = plt.subplots(1, len(groups), figsize=(2.6 * len(groups), 2.2))
+    fig, axes = subplots(1, len(groups), figsize=(2.6 * len(groups), 2.2))
     for ax, (a, outs) in zip(axes, groups.items()):
         g = torch.tensor(outs[0]["grid"], dtype=torch.uint8)  # seed 0's first samples
         row = torch.cat(list(g.permute(0, 2, 3, 1)), dim=1)
@@ -462,7 +462,6 @@ def draw(fig_dir: Path, cost: dict, cur: dict, qual: dict, arms: list[Arm]) -> l
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(fig_dir / "samples.png", dpi=120)
-    plt.close(fig)
     return ["cost.png", "curriculum.png", "quality.png", "samples.png"]
 
 
