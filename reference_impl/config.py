@@ -92,8 +92,9 @@ class DiffusionConfig:
     noise_offset: float = bounded(0.0, lo=0.0, hi=1.0)
     caption_dropout: float = bounded(0.1, lo=0.0, hi=1.0)
     sampler: str = choices("ddim", "dpm", default="ddim")
-    # which timesteps the sampler visits (diffusion/sampling.py; Lin et al. 2024, sec. 3.3)
-    timestep_spacing: str = choices("leading", "trailing", "linspace", default="leading")
+    # which timesteps the sampler visits (diffusion/sampling.py; Lin et al. 2024, sec. 3.3);
+    # None: "leading", or "trailing" under zero terminal SNR (which must start at t = T)
+    timestep_spacing: str | None = choices("leading", "trailing", "linspace", None, default=None)
     sample_steps: int = bounded(25, lo=1, hi=1000)
     guidance_scale: float = bounded(3.0, lo=0.0)
     guidance_rescale: float = bounded(0.0, lo=0.0, hi=1.0)
@@ -258,6 +259,10 @@ def check_consistency(cfg: Config) -> Config:
         raise ConfigError("diffusion.zero_terminal_snr=true needs prediction_type="
                           "'v_prediction' (at SNR=0 the noise is the input: eps-prediction is "
                           "trivial there and x0 cannot be recovered; Lin et al. 2024, sec. 3.2)")
+    if cfg.diffusion.zero_terminal_snr and cfg.diffusion.timestep_spacing == "leading":
+        raise ConfigError("diffusion.zero_terminal_snr=true with timestep_spacing='leading': "
+                          "leading spacing never visits t = T, the one step trained on pure "
+                          "noise; use 'trailing' or 'linspace' (Lin et al. 2024, sec. 3.3)")
     if cfg.parallel.strategy == "fsdp" and t.mixed_precision == "fp16":
         raise ConfigError("parallel.strategy='fsdp' with train.mixed_precision='fp16': fp16 "
                           "needs a loss scaler that unscales sharded gradients, which the "

@@ -160,6 +160,21 @@ def test_spacing_is_stored_in_the_schedule_and_checked():
 def test_config_rejects_an_unknown_spacing():
     from reference_impl.config import ConfigError, load_config
 
-    assert load_config("ci").diffusion.timestep_spacing == "leading"
+    assert load_config("ci").diffusion.timestep_spacing is None  # leading, or trailing for zsnr
     with pytest.raises(ConfigError, match="diffusion.timestep_spacing='middle' is not allowed"):
         load_config("ci", ["diffusion.timestep_spacing=middle"])
+    zsnr = ["diffusion.zero_terminal_snr=true", "diffusion.prediction_type=v_prediction"]
+    with pytest.raises(ConfigError, match="never visits t = T"):
+        load_config("ci", zsnr + ["diffusion.timestep_spacing=leading"])
+
+
+def test_the_trainer_samples_with_the_configured_spacing(tmp_path):
+    from reference_impl.config import load_config
+    from reference_impl.training.trainer import Trainer
+
+    for i, (sets, want) in enumerate([([], "leading"), (["diffusion.timestep_spacing=trailing"], "trailing"),
+                       (["diffusion.zero_terminal_snr=true",
+                         "diffusion.prediction_type=v_prediction"], "trailing")]):
+        cfg = load_config("ci", sets + [f"output_dir={tmp_path / str(i)}"])
+        trainer = Trainer(cfg, progress=False)
+        assert trainer.noise_scheduler.config.timestep_spacing == want, sets

@@ -109,7 +109,8 @@ class Trainer:
         self.noise_scheduler = make_scheduler(cfg.diffusion.beta_schedule,
                                               cfg.diffusion.num_train_timesteps,
                                               cfg.diffusion.prediction_type,
-                                              cfg.diffusion.zero_terminal_snr)
+                                              cfg.diffusion.zero_terminal_snr,
+                                              cfg.diffusion.timestep_spacing)
         self.total_steps = sum(s.steps for s in t.curriculum)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = perf.make_optimizer(params, t.lr, t.weight_decay, cfg.perf, self.device)
