@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="docs", help="folder for results.md and figures/results/")
     p.add_argument("--force", action="store_true", help="recompute, ignoring the cache")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--note", default=None,
+                   help="a paragraph for the top of the page (e.g. how loaded the machine was)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -32,7 +34,7 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def write_page(results: list[Result], out: Path) -> Path:
+def write_page(results: list[Result], out: Path, note: str | None = None) -> Path:
     """docs/results.md and its figures from a list of results; returns the page's path."""
     fig_dir = out / "figures" / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +56,7 @@ def write_page(results: list[Result], out: Path) -> Path:
         "rule fixed before the run (below each experiment). Intervals are 95%; n says over what. "
         "FID is a *domain-FID* on the features of our ShapesWorld probe, not Inception-FID."),
         "",
+        *([f"**Note.** {note}", ""] if note else []),
         "| claim | measured | verdict | lecture | figure |",
         "|---|---|---|---|---|",
     ]
@@ -87,7 +90,7 @@ def main(args) -> int:
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    page = write_page(results, Path(args.out))
+    page = write_page(results, Path(args.out), args.note)
     for r in results:
         print(f"{r.name:<13} {r.verdict:<15} {r.headline.metric}: {r.headline.text()}")
     print(f"wrote {page}")
