@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 
-
 # In a checkout (the course repository), the cache is the repository's .cache wherever the
 # command runs from: a lecture executed inside lectures/ must find the probe and the
 # experiments' full-scale results that `make` commands cached at the root.
