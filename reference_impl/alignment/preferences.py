@@ -9,6 +9,19 @@ so that every claim about alignment is measurable:
         background - that the reader reads back right); if both match equally well, prefer the
         higher aesthetic score.
     judge "aesthetic": prefer the higher aesthetic score.
+    judge "larger": prefer the image whose shapes cover more of the canvas (foreground area,
+        read straight from the pixels), for prompts that name no size.
+
+Why "larger" is the preference the course teaches with. A judge is only worth learning from if
+the model does not already satisfy it. The SFT model matches the attributes a prompt names
+almost every time, so "prompt match, then aesthetic" decided most pairs by the aesthetic
+head's noise, and DPO learned nothing (win rate 0.48 [0.35, 0.62], n=48). A prompt that names
+no size ("two red circles on a dark background": ``random_prompts(..., name_size=False)``)
+leaves the size free; the SFT model then draws small and large shapes alike, so the two
+samples of a prompt often differ in size, and "larger" is a taste the model can learn - the
+seed's "too dark / just right" with size in place of brightness. The judge is pixel
+arithmetic (``foreground_area``), not a network; the experiment measures the result with the
+*evaluation* probe's size reading, so the judge and the grader share nothing.
 
 The reader is the *curation* captioner's attribute network and the score the curation aesthetic
 head - not the evaluation probe - so the model is never graded by the network that made its
@@ -26,29 +39,65 @@ import torch
 from ..data.captions import parse_caption, prompt
 from ..data.vocab import BACKGROUNDS, COLOURS, KINDS, SIZES
 
-JUDGES = ("probe_then_aesthetic", "aesthetic")
+JUDGES = ("probe_then_aesthetic", "aesthetic", "larger")
 
 
-def random_prompts(n: int, seed: int, exclude=(), brand: bool = False) -> list[str]:
+def random_prompts(n: int, seed: int, exclude=(), brand: bool = False,
+                   name_size: bool = True) -> list[str]:
     """n distinct rich prompts (kind, colour, background, count, size) drawn with ``seed``,
-    none of them in ``exclude`` (held-out prompts exclude the training prompts)."""
+    none of them in ``exclude`` (held-out prompts exclude the training prompts).
+    ``name_size=False``: the prompts leave the size out ("two red circles on a dark background")."""
     rng, out, banned = np.random.default_rng(seed), [], set(exclude)
-    limit = len(KINDS) * len(COLOURS) * len(BACKGROUNDS) * 3 * len(SIZES)
-    if n > limit - len(banned):
-        raise ValueError(f"asked for {n} distinct prompts; only {limit - len(banned)} are left")
+    limit = len(KINDS) * len(COLOURS) * len(BACKGROUNDS) * 3 * (len(SIZES) if name_size else 1)
+    if n > limit - len(banned & _all_prompts(brand, name_size)):
+        raise ValueError(f"asked for {n} distinct prompts; only "
+                         f"{limit - len(banned & _all_prompts(brand, name_size))} are left")
     while len(out) < n:
         p = prompt(KINDS[rng.integers(len(KINDS))], COLOURS[rng.integers(len(COLOURS))],
                    BACKGROUNDS[rng.integers(len(BACKGROUNDS))], count=int(rng.integers(1, 4)),
                    size=SIZES[rng.integers(len(SIZES))], brand=brand)
+        if not name_size:
+            p = " ".join(w for w in p.split() if w not in SIZES)
         if p not in banned:
             banned.add(p)
             out.append(p)
     return out
 
 
+def _all_prompts(brand: bool, name_size: bool) -> set[str]:
+    """Every prompt ``random_prompts`` can draw (for counting what ``exclude`` leaves)."""
+    sizes = SIZES if name_size else SIZES[:1]
+    out = set()
+    for k in KINDS:
+        for c in COLOURS:
+            for b in BACKGROUNDS:
+                for n in (1, 2, 3):
+                    for z in sizes:
+                        p = prompt(k, c, b, count=n, size=z, brand=brand)
+                        out.add(p if name_size else " ".join(w for w in p.split() if w not in SIZES))
+    return out
+
+
+def foreground_area(images: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
+    """Share of the canvas the shapes cover: (B, 3, H, W) in [-1, 1] -> (B,) in [0, 1].
+
+    The background colour is the per-channel median of the border pixels (ShapesWorld's shapes
+    sit inside the frame); a pixel is foreground when some channel differs from it by more than
+    ``threshold`` (on the [-1, 1] scale; the darkest pairing, purple on grey, differs by ~0.6).
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
+    x = images.float()
+    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)  # (B, 3, 4W)
+    bg = border.median(dim=2).values[:, :, None, None]
+    return ((x - bg).abs().amax(dim=1) > threshold).float().mean(dim=(1, 2))
+
+
 class Judge:
     """The stated preference. ``captioner``: curation.AutoCaptioner (reads attributes);
-    ``scorer``: curation.AestheticScorer; ``mode``: one of ``JUDGES``."""
+    ``scorer``: curation.AestheticScorer; ``mode``: one of ``JUDGES``. Every mode scores
+    match, aesthetic and foreground area (stored with the pairs); ``mode`` decides which one
+    the preference reads."""
 
     def __init__(self, captioner, scorer, mode: str = "probe_then_aesthetic"):
         if mode not in JUDGES:
@@ -56,7 +105,7 @@ class Judge:
         self.captioner, self.scorer, self.mode = captioner, scorer, mode
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """images (B, 3, H, W) in [-1, 1], B prompts -> {'match': (B,), 'aesthetic': (B,)}."""
+        """images (B, 3, H, W) in [-1, 1], B prompts -> {'match', 'aesthetic', 'area'}: (B,) each."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images for {len(prompts)} prompts")
         pred = self.captioner.predict(images)
@@ -65,12 +114,15 @@ class Judge:
             asked = {k: v - 1 if k == "count" else v for k, v in parse_caption(text).items()}
             match.append(np.mean([int(pred[k][i]) == v for k, v in asked.items()]) if asked else 0.0)
         return {"match": torch.tensor(match, dtype=torch.float32),
-                "aesthetic": self.scorer.score(images).float()}
+                "aesthetic": self.scorer.score(images).float(), "area": foreground_area(images)}
 
     def prefers_first(self, a: dict, b: dict) -> torch.Tensor:
-        """(B,) bool: the judge prefers image a over image b (scores from ``score``)."""
+        """(B,) bool: the judge prefers image a over image b (scores from ``score``). Where
+        neither image is preferred to the other, the pair is a tie."""
         if self.mode == "aesthetic":
             return a["aesthetic"] > b["aesthetic"]
+        if self.mode == "larger":
+            return a["area"] > b["area"]
         return (a["match"] > b["match"]) | ((a["match"] == b["match"]) & (a["aesthetic"] > b["aesthetic"]))
 
 
@@ -88,9 +140,10 @@ def make_pairs(sample_fn, prompts: list[str], judge: Judge, seed: int = 0):
     """Two samples per prompt (seeds ``seed`` and ``seed + 1``), judged, as a ``datasets.Dataset``.
 
     sample_fn(prompts, seed) -> (B, 3, H, W) in [-1, 1]. Columns: prompt, chosen, rejected
-    (uint8 (3, H, W)), chosen_/rejected_match, chosen_/rejected_aesthetic, tie (both images
-    scored exactly alike: the pair carries no preference). Images are quantised to uint8 before
-    judging, so the stored pixels are the judged pixels.
+    (uint8 (3, H, W)), chosen_/rejected_<score> for each of the judge's scores (match,
+    aesthetic, area), tie (the judge prefers neither image: the pair carries no preference, and
+    ``PairDataset`` drops it). Images are quantised to uint8 before judging, so the stored
+    pixels are the judged pixels.
     """
     from datasets import Array3D, Dataset, Features, Value
 
@@ -98,22 +151,22 @@ def make_pairs(sample_fn, prompts: list[str], judge: Judge, seed: int = 0):
     b = from_uint8(to_uint8(sample_fn(prompts, seed + 1)))
     sa, sb = judge.score(a, prompts), judge.score(b, prompts)
     first = judge.prefers_first(sa, sb)
-    tie = (sa["match"] == sb["match"]) & (sa["aesthetic"] == sb["aesthetic"])
+    tie = ~first & ~judge.prefers_first(sb, sa)
     pick = first.view(-1, 1, 1, 1)
     chosen, rejected = torch.where(pick, a, b), torch.where(pick, b, a)
     sc = {k: torch.where(first, sa[k], sb[k]) for k in sa}
     sr = {k: torch.where(first, sb[k], sa[k]) for k in sa}
     shape = tuple(a.shape[1:])
-    features = Features({"prompt": Value("string"),
-                         "chosen": Array3D(shape, "uint8"), "rejected": Array3D(shape, "uint8"),
-                         "chosen_match": Value("float32"), "rejected_match": Value("float32"),
-                         "chosen_aesthetic": Value("float32"), "rejected_aesthetic": Value("float32"),
-                         "tie": Value("bool")})
-    return Dataset.from_dict({
-        "prompt": list(prompts), "chosen": list(to_uint8(chosen)), "rejected": list(to_uint8(rejected)),
-        "chosen_match": sc["match"].tolist(), "rejected_match": sr["match"].tolist(),
-        "chosen_aesthetic": sc["aesthetic"].tolist(), "rejected_aesthetic": sr["aesthetic"].tolist(),
-        "tie": tie.tolist()}, features=features)
+    columns = {"prompt": Value("string"), "chosen": Array3D(shape, "uint8"),
+               "rejected": Array3D(shape, "uint8")}
+    data = {"prompt": list(prompts), "chosen": list(to_uint8(chosen)),
+            "rejected": list(to_uint8(rejected))}
+    for k in sa:
+        for side, scores in (("chosen", sc), ("rejected", sr)):
+            columns[f"{side}_{k}"] = Value("float32")
+            data[f"{side}_{k}"] = scores[k].tolist()
+    columns["tie"], data["tie"] = Value("bool"), tie.tolist()
+    return Dataset.from_dict(data, features=Features(columns))
 
 
 def load_pairs(path: str | Path):
@@ -169,5 +222,4 @@ def win_rate(judge: Judge, images_a: torch.Tensor, images_b: torch.Tensor,
     lo, hi = wilson_interval(k, len(prompts))
     return {"win_rate": k / len(prompts), "ci95_low": lo, "ci95_high": hi, "n": len(prompts),
             "wins": int(wins.sum()), "ties": int(tie.sum()),
-            "match_a": float(sa["match"].mean()), "match_b": float(sb["match"].mean()),
-            "aesthetic_a": float(sa["aesthetic"].mean()), "aesthetic_b": float(sb["aesthetic"].mean())}
+            **{f"{key}_{side}": float(s[key].mean()) for key in sa for side, s in (("a", sa), ("b", sb))}}
