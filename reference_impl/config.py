@@ -174,7 +174,7 @@ class PerfConfig:
 
 @dataclass
 class CurationConfig:
-    """The pipeline's data curation (``curation/``, ``pipeline.py``). The pipeline's "web" is
+    """The pipeline's data curation (``curation/``, ``pipeline/``). The pipeline's "web" is
     ``data.world`` with these captions and unsafe share; the curation models (captioner,
     aesthetic head, safety filter) keep their own cached configs."""
 

@@ -13,11 +13,10 @@ peft + diffusers (what a user ships): ``add_lora`` injects peft layers into the 
 projections of a ``UNet2DConditionModel``, ``save_lora`` / ``load_lora`` use the standard
 diffusers file (``pytorch_lora_weights.safetensors``, keys prefixed ``unet.``) that
 ``StableDiffusionPipeline.load_lora_weights`` also reads, and ``merge_lora`` folds B A into W0.
-``train_lora`` trains an adapter with the project's ``Trainer``.
+``train_lora`` trains an adapter with the project's ``Trainer.fit`` (``lora_run_config``).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from ..training.finetune import finetune_config
 
 # The attention projections of diffusers' Attention blocks (self- and cross-attention):
 # what the diffusers LoRA training examples adapt.
@@ -159,37 +159,55 @@ def unmerge_lora(unet: nn.Module) -> None:
     unet.unfuse_lora()
 
 
+def lora_run_config(cfg, output_dir, num_images: int | None = None):
+    """The run config of a LoRA pass: ``cfg.lora``'s steps, LR and batch size (at most
+    ``num_images``) at the final resolution (see ``training.finetune.finetune_config``)."""
+    lc = cfg.lora
+    return finetune_config(cfg, output_dir, f"{cfg.name}-lora", lc.steps, lc.lr, lc.batch_size,
+                           num_examples=num_images)
+
+
+def export_adapter(run_dir, raw_model, ema_model, cfg_dict, scheduler, resolution=None) -> Path:
+    """The trainer's export for a LoRA run: the adapter file alone, in ``run_dir/adapter``.
+
+    A LoRA run ships its adapter, not a second copy of the base model. (diffusers'
+    ``save_pretrained`` of a peft-wrapped UNet also writes base keys that reload with freshly
+    initialised attention weights, so a whole-model export would be wrong besides.) The raw
+    adapter is exported: an EMA over a run of a few dozen steps would lag far behind it.
+    """
+    return save_lora(raw_model, Path(run_dir) / "adapter")
+
+
 def train_lora(cfg, base: str | Path, dataset, output_dir: str | Path,
                progress: bool = True) -> dict:
-    """Train a LoRA adapter on ``dataset`` (brand images with their captions) on top of the
-    EMA weights of ``base`` (a final/ folder); save it to ``output_dir/adapter``.
+    """The LoRA pass in one call: ``fine_tune`` of ``lora_run_config`` from the EMA weights of
+    ``base`` (a final/ folder), with the UNet frozen and adapters added, on ``dataset`` (brand
+    images with their captions); the adapter is saved to ``output_dir/adapter``. Like every
+    run it checkpoints, resumes and has the health checks.
 
     Returns the numbers of the run: trainable parameters and their fraction, adapter size
-    (MB), training time (s), first/last loss. A plain loop over ``Trainer.train_step``: the
-    adapter, not a whole model, is what this run exports.
+    (MB), training time (s, the whole ``fit``: steps, checkpoints and export), first/last loss.
     """
-    from ..data.curriculum import BatchStream
-    from ..training.finetune import finetune_config, load_unet
-    from ..training.trainer import Trainer
+    from ..training.finetune import fine_tune
 
-    lc = cfg.lora
-    unet = load_unet(base, "ema")
-    stats = add_lora(unet, lc.rank, lc.alpha)
-    run_cfg = dataclasses.replace(finetune_config(cfg, output_dir, lc.steps, lc.lr, lc.batch_size),
-                                  name=f"{cfg.name}-lora")
-    trainer = Trainer(run_cfg, progress=progress, unet=unet)
-    stream = BatchStream(dataset, run_cfg.data, min(lc.batch_size, len(dataset)), seed=cfg.seed)
-    out = Path(output_dir)
-    losses, t0 = [], time.perf_counter()
-    with open(out / "metrics.jsonl", "w") as log:
-        for _ in tqdm(range(lc.steps), desc="lora", disable=not progress, dynamic_ncols=True):
-            rec = trainer.train_step(stream)
-            losses.append(rec["loss"])
-            log.write(json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}) + "\n")
+    lc, stats = cfg.lora, {}
+
+    def adapt(unet):
+        stats.update(add_lora(unet, lc.rank, lc.alpha))
+    t0 = time.perf_counter()
+    trainer = fine_tune(lora_run_config(cfg, output_dir, len(dataset)), base, dataset,
+                        adapt=adapt, export=export_adapter, progress=progress)
     seconds = time.perf_counter() - t0
-    path = save_lora(trainer.raw_unet, out / "adapter")
+    losses = [r["loss"] for r in _read_log(Path(output_dir) / "metrics.jsonl")]
     return {"trainable_params": stats["trainable"], "total_params": stats["total"],
-            "trainable_fraction": stats["fraction"], "adapter_mb": adapter_size_mb(path.parent),
-            "train_seconds": seconds, "steps": lc.steps, "num_images": len(dataset),
+            "trainable_fraction": stats["fraction"],
+            "adapter_mb": adapter_size_mb(Path(output_dir) / "adapter"),
+            "train_seconds": seconds, "steps": trainer.step, "num_images": len(dataset),
             "loss_first": losses[0], "loss_last_10": sum(losses[-10:]) / len(losses[-10:]),
             "rank": lc.rank}
+
+
+def _read_log(path: Path) -> list[dict]:
+    """The training records of a run's metrics.jsonl (those with a loss)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "loss" in r]

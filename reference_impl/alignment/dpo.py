@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion.objectives import per_sample_mse as _objective_mse
+from ..training.finetune import fine_tune, finetune_config
 
 
 def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -135,33 +136,23 @@ class DiffusionDPOLoss:
                       **{f"dpo/{k}": v for k, v in stats.items()}}
 
 
-def dpo_config(cfg, output_dir):
-    """The run config of the DPO pass (``cfg.dpo``: steps, lr, pairs per batch)."""
-    from ..training.finetune import finetune_config
-
+def dpo_config(cfg, output_dir, num_pairs: int | None = None):
+    """The run config of the DPO pass: ``cfg.dpo``'s steps, LR and pairs per batch (at most
+    ``num_pairs``), warm-up over the first tenth (see ``training.finetune.finetune_config``)."""
     p = cfg.dpo
-    run = finetune_config(cfg, output_dir, p.steps, p.lr, p.batch_size, warmup_steps=p.steps // 10)
+    run = finetune_config(cfg, output_dir, f"{cfg.name}-dpo", p.steps, p.lr, p.batch_size,
+                          warmup_steps=p.steps // 10, num_examples=num_pairs)
     # no caption dropout or noise offset: the loss compares two images under the same prompt
     diffusion = dataclasses.replace(run.diffusion, caption_dropout=0.0, noise_offset=0.0)
-    return dataclasses.replace(run, name=f"{cfg.name}-dpo", diffusion=diffusion)
+    return dataclasses.replace(run, diffusion=diffusion)
 
 
 def train_dpo(cfg, sft_final, pairs, output_dir, progress: bool = True):
-    """Diffusion-DPO from the SFT model (its final/ folder, EMA weights) on a pair dataset.
-    Writes ``output_dir/final`` (the DPO model) and metrics.jsonl; returns the trainer."""
-    from ..models.exported import load_unet
-    from ..training.trainer import Trainer
+    """The DPO pass in one call: ``fine_tune`` of ``dpo_config`` from the SFT model's EMA
+    weights (its final/ folder) on a pair dataset, with ``DiffusionDPOLoss``. Writes
+    ``output_dir/final`` (the DPO model) and metrics.jsonl; returns the trainer."""
     from .preferences import PairDataset
 
     data = PairDataset(pairs)
-    run = dpo_config(cfg, output_dir)
-    batch = min(run.train.batch_size, len(data))
-    run = dataclasses.replace(run, train=dataclasses.replace(
-        run.train, batch_size=batch, curriculum=[dataclasses.replace(run.train.curriculum[0],
-                                                                    batch_size=batch)]))
-    unet = load_unet(sft_final, "ema")
-    trainer = Trainer(run, resume=True, progress=progress, unet=unet,
-                      loss=DiffusionDPOLoss(unet, cfg.dpo.beta),
-                      dataset_fn=lambda data_cfg, stage: data)
-    trainer.fit()
-    return trainer
+    return fine_tune(dpo_config(cfg, output_dir, len(data)), sft_final, data,
+                     loss=lambda unet: DiffusionDPOLoss(unet, cfg.dpo.beta), progress=progress)

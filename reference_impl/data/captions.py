@@ -99,3 +99,9 @@ def parse_caption(text: str) -> dict[str, int]:
     if HAZARD_PHRASE in t:
         out["unsafe"] = 1
     return out
+
+
+def names_prompt_attributes(caption: str) -> bool:
+    """Does the caption name kind, colour and background - what a prompt asks for?"""
+    parsed = parse_caption(caption)
+    return all(k in parsed for k in ("kind", "colour", "background"))

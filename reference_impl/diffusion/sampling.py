@@ -114,15 +114,25 @@ def sample(unet, text_encoder, prompts: list[str], resolution: int, train_schedu
     return torch.cat(out)
 
 
+def sample_with_config(unet, text_encoder, train_scheduler, diffusion, prompts: list[str],
+                       resolution: int, seed: int = 0, **overrides) -> torch.Tensor:
+    """``sample`` with a config's sampling settings (``diffusion``: a ``DiffusionConfig``):
+    its sampler, steps, guidance scale and rescale, each overridable by keyword. The one
+    place the config is unpacked, so the trainer, the pipeline and the CLI all draw alike.
+    Returns (B, 3, resolution, resolution) in [-1, 1]."""
+    kw = {"sampler": diffusion.sampler, "steps": diffusion.sample_steps,
+          "guidance_scale": diffusion.guidance_scale,
+          "guidance_rescale": diffusion.guidance_rescale}
+    kw.update(overrides)
+    return sample(unet, text_encoder, prompts, resolution, train_scheduler, seed=seed, **kw)
+
+
 def sample_checkpoint(checkpoint_dir, prompts: list[str], seed: int = 0, ema: bool = True,
-                      **overrides) -> torch.Tensor:
-    """Sample from a saved final checkpoint (see ``models/exported.py``)."""
+                      resolution: int | None = None, **overrides) -> torch.Tensor:
+    """Sample from an exported final/ folder (see ``models/exported.py``) at ``resolution``,
+    by default the one the model was last trained at (its ``sample_size``)."""
     from ..models.exported import load_final
 
     unet, cfg, scheduler, text = load_final(checkpoint_dir, ema=ema)
-    d = cfg.diffusion
-    kw = dict(sampler=d.sampler, steps=d.sample_steps, guidance_scale=d.guidance_scale,
-              guidance_rescale=d.guidance_rescale)
-    kw.update(overrides)
-    resolution = kw.pop("resolution", None) or unet.config.sample_size  # the last trained
-    return sample(unet, text, prompts, resolution, scheduler, seed=seed, **kw)
+    return sample_with_config(unet, text, scheduler, cfg.diffusion, prompts,
+                              resolution or unet.config.sample_size, seed=seed, **overrides)

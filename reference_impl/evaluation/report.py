@@ -1,8 +1,12 @@
-"""``python -m reference_impl report RUN_DIR``: a run's metrics.jsonl -> figures a person reads.
+"""Reports a person reads: a run's training curves, and the lifecycle's report page.
 
-RUN_DIR/metrics.jsonl holds one JSON object per line with at least ``step`` and any of
+``python -m reference_impl report RUN_DIR``: RUN_DIR/metrics.jsonl holds one JSON object per line with at least ``step`` and any of
 ``loss``, ``loss_ema``, ``grad_norm``, ``lr``, ``val/fid``, ``val/prompt_acc``. Each figure
 below that has data is written to RUN_DIR/figures/<name>.png, plus ``overview.png`` with all.
+
+``lifecycle_report``: the pipeline's report.md and report.html - the headline table (the
+number each stage exists for, with its n), then every stage's metrics and figures. Markdown
+becomes HTML through markdown-it-py (CommonMark plus tables), with raw HTML escaped.
 """
 from __future__ import annotations
 
@@ -101,13 +105,92 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return written
 
 
+# ------------------------------------------------------------------ the lifecycle report
+NOTE = ("Domain-FID and prompt accuracy use the evaluation probe (features and attribute "
+        "readings of a CNN trained on ShapesWorld); the aesthetic score and the DPO judge use "
+        "the curation models. n = sample counts.")
+
+
+def headline(m: dict[str, dict]) -> list[tuple[str, str, int]]:
+    """(measure, value, n) rows from the stages' metrics ``m[stage]``: what each stage is for."""
+    cap, safety, pre, sft, lora = m["caption"], m["safety"], m["pretrain"], m["sft"], m["lora"]
+    w, check = m["dpo"]["win_rate_vs_sft"], m["safety_check"]
+    return [
+        ("captions naming kind+colour+background",
+         f"{cap['useful_before']:.3f} -> {cap['useful_after']:.3f}", cap["n"]),
+        ("safety filter: unsafe dropped (recall) / precision",
+         f"{safety['recall']:.3f} / {safety['precision']:.3f}", safety["total"]),
+        ("pre-training prompt accuracy (EMA, probe)", f"{pre.get('val/prompt_acc')}", pre["val_n"]),
+        ("SFT aesthetic score before -> after",
+         f"{sft['before']['aesthetic']:.3f} -> {sft['after']['aesthetic']:.3f}", sft["after"]["n"]),
+        ("SFT prompt accuracy (kind+colour+background) before -> after",
+         f"{sft['before']['prompt_acc']} -> {sft['after']['prompt_acc']}", sft["after"]["n"]),
+        ("DPO win rate vs SFT (judge), 95% Wilson CI",
+         f"{w['win_rate']:.3f} [{w['ci95_low']:.3f}, {w['ci95_high']:.3f}]", w["n"]),
+        ("LoRA brand-style rate base -> adapter (probe)",
+         f"{lora['brand_rate_base']:.3f} -> {lora['brand_rate_lora']:.3f}", lora["n_eval"]),
+        ("LoRA trainable fraction / adapter MB / train s",
+         f"{lora['trainable_fraction']:.4f} / {lora['adapter_mb']:.3f} / {lora['train_seconds']:.1f}",
+         lora["num_images"]),
+        ("outputs blocked: plain / hazard prompts",
+         f"{check['plain']['block_rate']:.3f} / {check['hazard_prompts']['block_rate']:.3f}",
+         check["plain"]["n"]),
+    ]
+
+
+def markdown_table(header: tuple[str, ...], rows) -> list[str]:
+    """A Markdown table; ``|`` inside a cell is escaped so it cannot split the row."""
+    def cells(row):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
+    return [cells(header), "| " + " | ".join("---" for _ in header) + " |", *map(cells, rows)]
+
+
+def to_html(markdown: str, title: str = "report") -> str:
+    """A standalone HTML page from Markdown (markdown-it-py: CommonMark + tables, raw HTML
+    escaped, so a string from a metrics file cannot inject markup)."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}"
+            f"img{{height:160px}}</style><body>\n{body}</body>\n")
+
+
+def lifecycle_report(root: str | Path, name: str, metrics: dict[str, dict],
+                     figures: dict[str, list[Path]]) -> tuple[Path, Path]:
+    """Write ``root/report.md`` and ``root/report.html``: the headline table, then each stage's
+    metrics (as JSON) and figures (paths relative to ``root``). Returns both paths."""
+    root = Path(root)
+    lines = [f"# Lifecycle report: {name}", "", NOTE, "",
+             *markdown_table(("measure", "value", "n"), headline(metrics)), ""]
+    for i, (stage, m) in enumerate(metrics.items()):
+        lines += [f"## {i:02d} {stage}", "", "```", json.dumps(m, indent=1), "```", ""]
+        lines += [f"![{png.stem}]({png.relative_to(root)})" for png in figures.get(stage, [])]
+        lines.append("")
+    md = "\n".join(lines)
+    (root / "report.md").write_text(md)
+    (root / "report.html").write_text(to_html(md, f"Lifecycle report: {name}"))
+    return root / "report.md", root / "report.html"
+
+
 def add_arguments(p) -> None:
-    p.add_argument("run_dir", help="a run folder holding metrics.jsonl")
+    p.add_argument("run_dir", help="a run folder holding metrics.jsonl, or a pipeline's folder "
+                                   "(then every stage that trained is plotted)")
+
+
+def runs_in(run_dir: str | Path) -> list[Path]:
+    """The run folders to plot: ``run_dir`` itself, or a pipeline's stages that trained."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.jsonl").is_file() or not (run_dir / "stages").is_dir():
+        return [run_dir]
+    return sorted(p.parent for p in (run_dir / "stages").glob("*/metrics.jsonl"))
 
 
 def main(args) -> int:
     try:
-        paths = plot_run(args.run_dir)
+        paths = [path for run in runs_in(args.run_dir) for path in plot_run(run)]
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}")
         return 2

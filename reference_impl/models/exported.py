@@ -58,10 +58,18 @@ def load_unet(final_dir: str | Path, init: str = "ema") -> torch.nn.Module:
     return UNet2DConditionModel.from_pretrained(folder).train()
 
 
-def load_final(path: str | Path, ema: bool = True, device: str = "cpu"):
-    """(unet, config, train scheduler, text encoder) from an exported ``final/`` folder."""
+def load_scheduler(final_dir: str | Path):
+    """The training noise schedule of an exported ``final/`` folder (a ``DDPMScheduler``)."""
     from diffusers import DDPMScheduler
 
+    folder = Path(final_dir) / "scheduler"
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder} does not exist; pass a run's exported final/ folder")
+    return DDPMScheduler.from_pretrained(folder)
+
+
+def load_final(path: str | Path, ema: bool = True, device: str = "cpu"):
+    """(unet, config, train scheduler, text encoder) from an exported ``final/`` folder."""
     from ..config import load_config
     from .text_encoder import TextEncoder
 
@@ -71,6 +79,6 @@ def load_final(path: str | Path, ema: bool = True, device: str = "cpu"):
                                 "pass a run's final/ folder")
     cfg = load_config(str(path / "config.yaml"))
     unet = load_unet(path, "ema" if ema else "raw").to(device)
-    scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+    scheduler = load_scheduler(path)
     text = TextEncoder(cfg.text.encoder, cfg.text.max_length, device=device)
     return unet.eval(), cfg, scheduler, text

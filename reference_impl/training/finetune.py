@@ -1,83 +1,94 @@
-"""Fine-tuning on top of the trainer: SFT on a curated set, and a LoRA adapter for a brand look.
+"""Fine-tuning: SFT, DPO and LoRA are configs on the same ``Trainer.fit``.
 
-Both reuse ``Trainer`` unchanged - the same loss, EMA, health checks and logging - and differ
-from pre-training only by their data (a subset, through ``dataset_fn``), a lower learning rate,
-fewer steps at the final resolution, and (LoRA) which parameters train.
+Like nanoGPT's ``config/finetune_*.py``, a fine-tuning pass is the pre-training loop with a few
+settings changed - nothing else. Each pass is a small config function, and all three run
+through ``fine_tune`` (one function, below):
+
+    pass  config function             starts from      data           loss / parameters
+    SFT   sft_config (here)           pre-trained EMA  curated subset DiffusionLoss, all weights
+    DPO   alignment.dpo.dpo_config    SFT EMA          pairs          DiffusionDPOLoss, all weights
+    LoRA  adapters.lora.lora_config   DPO EMA          brand images   DiffusionLoss, adapters only
+
+What ``finetune_config`` changes, and only that: one curriculum stage at the final resolution
+with the pass's steps, LR and batch size (at most the data set's size), a constant LR after an
+optional warm-up, no validation during the short run, a log record every step, a checkpoint
+halfway and at the end, and plain shuffling (a subset has no per-scene class list for the balanced sampler). Everything
+else - EMA, health checks, gradient clipping, resume, logging - is the trainer's, unchanged.
 
 SFT, the "finishing pass": Stable Diffusion's later stages and Emu (Dai et al. 2023, "Emu:
 Enhancing Image Generation Models Using Photogenic Needles in a Haystack", arXiv 2309.15807)
 fine-tune a pre-trained model on a few thousand images of very high aesthetic quality; quality
 of the data beats its quantity there. SFT starts from the pre-trained EMA weights by default
 (``sft.init``): the EMA is the better model, and the one the pre-training reports measured.
-
-LoRA (Hu et al. 2021, arXiv 2106.09685) freezes the UNet and trains only low-rank matrices in
-the attention projections; its run (``train_lora``) lives in ``adapters/lora.py``, a later
-layer than training.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from torch.utils.data import Subset
+from torch.utils.data import Dataset
 
 from ..config import Config, StageConfig
-from ..diffusion.sampling import sample
 from ..models.exported import load_unet
+from .trainer import Trainer
 
 
-def finetune_config(cfg: Config, output_dir: str | Path, steps: int, lr: float, batch_size: int,
-                    warmup_steps: int = 0) -> Config:
-    """The run config of a fine-tuning pass: one stage at the final resolution, its own LR."""
+def finetune_config(cfg: Config, output_dir: str | Path, name: str, steps: int, lr: float,
+                    batch_size: int, warmup_steps: int = 0, num_examples: int | None = None) -> Config:
+    """The run config of a fine-tuning pass (see the module docstring for what changes)."""
+    batch = batch_size if num_examples is None else min(batch_size, num_examples)
     res = cfg.train.curriculum[-1].resolution
     train = dataclasses.replace(
         cfg.train, curriculum=[StageConfig(steps=steps, resolution=res, hq_fraction=None,
-                                           batch_size=batch_size)],
-        lr=lr, warmup_steps=min(warmup_steps, steps), batch_size=batch_size, validate_every=0,
+                                           batch_size=batch)],
+        lr=lr, warmup_steps=min(warmup_steps, steps), batch_size=batch, validate_every=0,
         checkpoint_every=max(steps // 2, 1), lr_schedule="constant_with_warmup",
-        inject_nan_at=[])
-    # a subset has no per-scene class list for the balanced sampler: shuffle it plainly
+        inject_nan_at=[], log_every=1)
     data = dataclasses.replace(cfg.data, balance="none")
-    return dataclasses.replace(cfg, output_dir=str(output_dir), train=train, data=data)
+    return dataclasses.replace(cfg, name=name, output_dir=str(output_dir), train=train, data=data)
 
 
-def subset_fn(make_dataset, positions: list[int] | None = None):
-    """A ``dataset_fn`` for the trainer: ``make_dataset(resolution)``, restricted to positions."""
-    if positions is not None and len(positions) == 0:
-        raise ValueError("the subset to train on is empty (everything was filtered out?)")
-
-    def fn(data_cfg, stage):
-        ds = make_dataset(stage.resolution)
-        return ds if positions is None else Subset(ds, list(positions))
-    return fn
-
-
-def sft(cfg: Config, pretrained: str | Path, make_dataset, positions: list[int],
-        output_dir: str | Path, progress: bool = True):
-    """Fine-tune the pre-trained model (``pretrained``: its final/ folder) on the curated
-    positions of ``make_dataset(resolution)``. Writes ``output_dir/final``; returns the trainer.
-    """
-    from .trainer import Trainer
-
+def sft_config(cfg: Config, output_dir: str | Path, num_examples: int | None = None) -> Config:
+    """SFT: ``cfg.sft``'s steps, LR, batch size and warm-up at the final resolution."""
     s = cfg.sft
-    run_cfg = dataclasses.replace(finetune_config(cfg, output_dir, s.steps, s.lr, s.batch_size,
-                                                  s.warmup_steps), name=f"{cfg.name}-sft")
-    trainer = Trainer(run_cfg, resume=True, progress=progress, unet=load_unet(pretrained, s.init),
-                      dataset_fn=subset_fn(make_dataset, positions))
+    return finetune_config(cfg, output_dir, f"{cfg.name}-sft", s.steps, s.lr, s.batch_size,
+                           s.warmup_steps, num_examples)
+
+
+def fine_tune(run_cfg: Config, init_from: str | Path, dataset: Dataset, init: str = "ema",
+              adapt: Callable | None = None, loss: Callable | None = None,
+              export: Callable | None = None, progress: bool = True) -> Trainer:
+    """Train ``run_cfg`` on ``dataset`` with ``Trainer.fit``, starting from the ``init``
+    weights ("ema" or "raw") of the exported ``init_from`` folder; returns the trainer.
+
+    ``adapt(unet)`` changes the model before training (LoRA: freeze it, add adapters);
+    ``loss(unet)`` builds the loss from the starting model (DPO: its frozen reference);
+    ``export`` replaces the trainer's whole-model export (LoRA: the adapter file). The run
+    resumes from its own checkpoints in ``run_cfg.output_dir`` if it was interrupted.
+    """
+    unet = load_unet(init_from, init)
+    if adapt is not None:
+        adapt(unet)
+    trainer = Trainer(run_cfg, resume=True, progress=progress, unet=unet,
+                      loss=loss(unet) if loss is not None else None,
+                      dataset_fn=lambda data_cfg, stage: dataset, export=export)
     trainer.fit()
     return trainer
 
 
-def sample_images(unet, text, scheduler, cfg: Config, prompts: list[str], seed: int) -> torch.Tensor:
-    """One image per prompt with the config's sampler: (B, 3, R, R) in [-1, 1]."""
-    d = cfg.diffusion
-    return sample(unet, text, prompts, cfg.train.curriculum[-1].resolution, scheduler,
-                  sampler=d.sampler, steps=d.sample_steps, guidance_scale=d.guidance_scale,
-                  guidance_rescale=d.guidance_rescale, seed=seed)
+def sft(cfg: Config, pretrained: str | Path, dataset: Dataset, output_dir: str | Path,
+        progress: bool = True) -> Trainer:
+    """The SFT pass in one call: ``fine_tune`` of ``sft_config`` from the pre-trained model
+    (its final/ folder, ``sft.init`` weights) on the curated images. Writes
+    ``output_dir/final``; returns the trainer."""
+    if len(dataset) == 0:
+        raise ValueError("the SFT set is empty (did curation filter everything out?)")
+    return fine_tune(sft_config(cfg, output_dir), pretrained, dataset, init=cfg.sft.init,
+                     progress=progress)
 
 
-def measure(images: torch.Tensor, prompts: list[str], probe, scorer) -> dict:
+def measure(images, prompts: list[str], probe, scorer) -> dict:
     """What SFT should move: mean predicted aesthetic score (the curation scorer) and prompt
     accuracy (the evaluation probe reads back kind, colour and background), over n samples."""
     from ..evaluation.metrics import prompt_accuracy

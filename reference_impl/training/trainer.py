@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..config import Config, to_dict
 from ..data.curriculum import BatchStream, stage_dataset
 from ..diffusion.objectives import DiffusionLoss, ForwardProcess
-from ..diffusion.sampling import sample
+from ..diffusion.sampling import sample_with_config
 from ..diffusion.schedule import make_scheduler
 from ..distributed import checkpoint as dcp_ckpt
 from ..distributed import fsdp as fsdp_lib
@@ -60,8 +60,11 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False, progress: bool = True,
                  unet: torch.nn.Module | None = None, validator=None, dataset_fn=None,
-                 loss=None):
+                 loss=None, export=None):
         self.cfg, self.progress = cfg, progress
+        # export(run_dir, raw, ema, cfg_dict, scheduler, resolution) writes what the run ships:
+        # a whole model in diffusers format by default, only the adapter for a LoRA run
+        self.export = export or export_final
         # dataset_fn(data_cfg, stage) -> Dataset replaces curriculum.stage_dataset: how SFT,
         # DPO and the pipeline train on a filtered, re-captioned or curated subset
         self.dataset_fn = dataset_fn or stage_dataset
@@ -321,13 +324,11 @@ class Trainer:
 
     def sample_fn(self, resolution: int, model: torch.nn.Module | None = None):
         """(prompts, seed) -> images from ``model`` (default: the EMA weights)."""
-        d = self.cfg.diffusion
         model = self.whole_models(raw=False)[0] if model is None else model
 
         def fn(prompts: list[str], seed: int) -> torch.Tensor:
-            return sample(model, self.text, prompts, resolution, self.noise_scheduler,
-                          sampler=d.sampler, steps=d.sample_steps, guidance_scale=d.guidance_scale,
-                          guidance_rescale=d.guidance_rescale, seed=seed)
+            return sample_with_config(model, self.text, self.noise_scheduler, self.cfg.diffusion,
+                                      prompts, resolution, seed=seed)
         return fn
 
     def validate(self, resolution: int, ema_model: torch.nn.Module | None = None) -> dict:
@@ -431,5 +432,5 @@ class Trainer:
             raw = self.validator.run(self.sample_fn(res, raw_model), step=self.step, out_dir=None)
             final.update({f"val_raw/{k}": v for k, v in raw.items() if isinstance(v, (int, float))})
             self._log(final, log_path, writer)
-        export_final(self.run_dir, raw_model, ema_model, to_dict(self.cfg), self.noise_scheduler,
-                     resolution=res)
+        self.export(self.run_dir, raw_model, ema_model, to_dict(self.cfg), self.noise_scheduler,
+                    resolution=res)
