@@ -76,7 +76,7 @@ def test_reference_has_no_drift_and_accuracy_drop_is_a_difference(result):
 
 def test_pairs_are_judged_larger_and_ties_counted(result, private_cache):
     pairs = dpo.pairs(FAST)
-    assert len(pairs) == FAST["num_pairs"]
+    assert len(pairs) == FAST["pair_prompts"] * FAST["pairs_per_prompt"]
     c, r = np.array(pairs["chosen_area"]), np.array(pairs["rejected_area"])
     assert (c >= r).all()
     assert (np.array(pairs["tie"]) == (c == r)).all()

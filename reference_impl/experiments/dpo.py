@@ -8,7 +8,8 @@ prompt that names no size, prefer the one whose shapes cover more of the canvas.
 leaves size free, so the taste is one it does not already meet.
 
 Arms, all from the same SFT model (``alignment_base.sft_model``), on the same pairs (two SFT
-samples of each of ``num_pairs`` prompts, judged; ties counted and dropped):
+samples of each of ``pair_prompts`` prompts, ``pairs_per_prompt`` times with new seeds, judged;
+ties counted and dropped):
   sft            the reference itself, untouched
   dpo beta=B     Diffusion-DPO for ``steps`` steps at each beta of the sweep
   rft            rejection-sampling fine-tuning: the diffusion loss on the chosen images only,
@@ -61,20 +62,26 @@ def pairs(st: dict):
     sft = base.sft_model(st)
 
     def build(work):
+        from datasets import concatenate_datasets
+
         unet, text, sched = base.load(sft)
-        prompts = random_prompts(st["num_pairs"], seed=100, name_size=False)
-        ds = make_pairs(base.sampler(st, unet, text, sched), prompts, _judge(), seed=0)
+        fn, judge = base.sampler(st, unet, text, sched), _judge()
+        prompts = random_prompts(st["pair_prompts"], seed=100, name_size=False)
+        # a prompt with no size has 216 forms; more pairs than prompts: new seeds, same prompts
+        ds = concatenate_datasets([make_pairs(fn, prompts, judge, seed=2 * r)
+                                   for r in range(st["pairs_per_prompt"])])
         ds.save_to_disk(str(work / "pairs"))
         return {"n": len(ds), "ties": int(sum(ds["tie"]))}
 
-    key = {**base.base_settings(st), "num_pairs": st["num_pairs"], "judge": "larger"}
+    key = {**base.base_settings(st), "pair_prompts": st["pair_prompts"],
+           "pairs_per_prompt": st["pairs_per_prompt"], "judge": "larger"}
     return load_pairs(base._cached("pairs", key, build) / "pairs")
 
 
 def eval_prompts(st: dict, train_prompts) -> list[str]:
     from ..alignment.preferences import random_prompts
 
-    return random_prompts(st["num_eval"], seed=200, exclude=train_prompts, name_size=False)
+    return random_prompts(st["num_eval"], seed=200, exclude=set(train_prompts), name_size=False)
 
 
 class _Chosen(torch.utils.data.Dataset):
@@ -278,10 +285,10 @@ EXPERIMENT = Experiment(
            "Pick-a-Pic pairs, beta 5000 in their convention = 2500 in ours)",
     full_minutes=12.0,
     scales={
-        "fast": {**base.FAST, "num_pairs": 8, "num_eval": 8, "betas": [125.0, 1250.0, 12500.0],
+        "fast": {**base.FAST, "pair_prompts": 4, "pairs_per_prompt": 2, "num_eval": 8, "betas": [125.0, 1250.0, 12500.0],
                  "steps": 2, "batch_size_pairs": 4, "dpo_lr": 1e-4, "eval_seed": 7,
                  "keep_images": 4},
-        "full": {**base.FULL, "num_pairs": 192, "num_eval": 128, "betas": [125.0, 1250.0, 12500.0],
+        "full": {**base.FULL, "pair_prompts": 96, "pairs_per_prompt": 2, "num_eval": 120, "betas": [125.0, 1250.0, 12500.0],
                  "steps": 120, "batch_size_pairs": 16, "dpo_lr": 1e-4, "eval_seed": 7,
                  "keep_images": 12},
     },
