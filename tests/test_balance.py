@@ -11,6 +11,7 @@ from reference_impl.data.balance import (
     class_probabilities,
     class_weights,
     effective_number,
+    loss_weights,
 )
 
 CATS_DOGS = torch.tensor([900.0, 100.0])  # the 90% cats / 10% dogs problem
@@ -145,3 +146,14 @@ def test_set_epoch_reseeds_identically_on_every_rank():
     b.set_epoch(1)
     assert list(b) == second
     assert list(DistributedWeightedSampler(weights, 400, 0, 1, seed=8)) != first
+
+
+def test_loss_weights_give_the_sampler_s_expected_loss():
+    # E_shuffle[w_i * f_i] = E_sampler[f_i] for any per-sample loss f: importance weighting
+    f = torch.rand(len(LABELS), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for method in ("inverse", "effective", "temperature", "none"):
+        _, q = balanced_weights(LABELS, method, beta=0.99)
+        w = loss_weights(LABELS, method, beta=0.99)
+        assert w.mean().item() == pytest.approx(1.0)
+        assert (w * f).mean().item() == pytest.approx((q * f).sum().item())
+    assert torch.allclose(loss_weights(LABELS, "none"), torch.ones(len(LABELS), dtype=torch.float64))

@@ -112,6 +112,22 @@ def balanced_weights(labels, method: str = "inverse", beta: float = 0.999,
     return probs, per_class[labels]
 
 
+def loss_weights(labels, method: str = "inverse", beta: float = 0.999, temperature: float = 2.0,
+                 num_classes: int | None = None) -> torch.Tensor:
+    """Per-sample LOSS multipliers that do in the loss what the weighted sampler does in the draw.
+
+    A sampler draws sample i with probability q_i (``balanced_weights``); a uniform shuffle
+    draws it with 1/N. Multiplying sample i's loss by N q_i = p_c / pi_c (pi_c = n_c / N, the
+    class's natural share) gives the same expected gradient (importance weighting), so both
+    fit the same rebalanced distribution. The multipliers average 1 over the data, so the
+    learning rate means the same thing as without them. (N,) labels -> (N,) float64 weights.
+    What differs is the variance: a batch with no rare sample gets no rare gradient, and one
+    with a single rare sample multiplies its loss by 1 / (C pi_rare) - 5x for 10% of 2 classes.
+    """
+    _, q = balanced_weights(labels, method, beta, temperature, num_classes)
+    return q * len(q)
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     """A 63-bit seed hashed from (seed, epoch): (0, 1) and (1, 0) differ; seed + epoch would not."""
     return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, np.uint64)[0] >> 1)

@@ -81,10 +81,11 @@ def measure(trainer, val: Validator, resolution: int, raw: bool = False) -> dict
 
 def train_and_measure(cfg: Config, at_steps: Sequence[int],
                       measure_fn: Callable[[object, int], dict] | None = None,
-                      keep_dir: bool = False, dataset_fn=None) -> dict:
+                      keep_dir: bool = False, loss=None, dataset_fn=None) -> dict:
     """Train ``cfg`` through its curriculum, calling ``measure_fn(trainer, step)`` at each step
     of ``at_steps`` (and at the end). Returns {"history": per-step log, "measures": [{step,
     ...}], "seconds": training seconds (measurement excluded), "images": images seen}.
+    ``loss`` replaces the trainer's default ``DiffusionLoss`` (e.g. a class-reweighted one).
     ``dataset_fn(data_cfg, stage)`` replaces the stage's ShapesWorld (the Trainer's hook): a
     re-captioned or a synthetic training set.
     """
@@ -95,7 +96,7 @@ def train_and_measure(cfg: Config, at_steps: Sequence[int],
     scratch = Path(tempfile.mkdtemp(prefix=f"{cfg.name}-", dir=cache_dir("experiments", "_work")))
     cfg.output_dir = str(scratch)
     try:
-        trainer = Trainer(cfg, progress=False, dataset_fn=dataset_fn)
+        trainer = Trainer(cfg, progress=False, loss=loss, dataset_fn=dataset_fn)
         stops = sorted({s for s in at_steps if 0 < s <= trainer.total_steps} | {trainer.total_steps})
         measures, train_s = [], 0.0
         for s in stops:
