@@ -1,0 +1,75 @@
+"""Assignment 3 (All-Reduce): the hidden checks, the honesty of the grades, a hanging ring.
+
+One ``--checks-only`` batch grades the planted submissions of
+``autograder/redteam/allreduce_plants.py`` in the bubblewrap sandbox: the solution earns full
+marks, the blank release 0, each plausible wrong answer loses exactly the points of the tests
+its functions fail, and a ring in which one rank never sends is stopped by the timeout (Part B
+only) while the batch goes on. Part B runs real gloo processes inside the jail: the sandbox's
+network namespace has its own loopback, which is enough for 127.0.0.1. Scores use the same
+helpers as the EMA red-team suite (tests/test_autograder_redteam.py).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from test_autograder_redteam import SANDBOX_PROBLEM, _check_scores, _grade
+
+from autograder import checks
+from autograder import notebook as nbu
+from autograder.redteam import allreduce_plants as plants
+from reference_impl.distributed import allreduce as ref
+from reference_impl.distributed import cost_model
+
+REPO = Path(__file__).resolve().parents[1]
+sandboxed = pytest.mark.skipif(SANDBOX_PROBLEM is not None,
+                               reason=f"bubblewrap cannot run here: {SANDBOX_PROBLEM}")
+
+
+def test_points_and_cells_match_the_source():
+    src = nbu.read(plants.SOURCE)
+    tests = {nbu.grade_id(c): c.metadata["nbgrader"]["points"] for c in src.cells if nbu.is_test(c)}
+    assert tests == plants.POINTS
+    spec = checks.spec(src)
+    assert all(spec[t] for t in tests), "a test without hidden checks"
+    # the hidden sizes include fewer elements than ranks and sizes N does not divide
+    sums = spec["test_ring_sums"]
+    assert any(len(c["args"][0][0]) < len(c["args"][0]) for c in sums)
+    assert any(len(c["args"][0][0]) % len(c["args"][0]) for c in sums)
+
+
+def test_hidden_expected_values_agree_with_reference_impl():
+    """The grader's own arithmetic (hidden regions) equals distributed/allreduce.py and
+    distributed/cost_model.py, the oracles the lecture tests against dist.all_reduce."""
+    spec = checks.spec(nbu.read(plants.SOURCE))
+    for c in spec["test_ring_bytes_sent"]:
+        if c["call"] == "ring_bytes":
+            numel, n, rank = c["args"]
+            es = c["kwargs"].get("element_size", 4)
+            assert c["want"] == ref.ring_bytes_sent(numel, es, n, rank), c
+    for c in spec["test_chunk_bounds"]:
+        sizes = [hi - lo for lo, hi in c["want"]]
+        assert sizes == ref.chunk_sizes(*c["args"]), c
+    for c in spec["test_ring_cost"]:
+        fn = cost_model.ring_time if c["call"] == "ring_time" else cost_model.crossover_bytes
+        assert c["want"] == pytest.approx(fn(*c["args"]), rel=1e-12), c
+    for c in spec["test_tree_cost"]:
+        assert c["want"] == pytest.approx(cost_model.tree_time(*c["args"]), rel=1e-12, abs=1e-18)
+
+
+@sandboxed
+def test_planted_submissions_get_their_honest_scores(tmp_path):
+    course = tmp_path / "course"
+    for d in ("solutions", "assignments"):
+        shutil.copytree(REPO / d / plants.NAME, course / d / plants.NAME)
+    plants.write(course / "subs" / "allreduce")
+    out, rows = _grade(course, "allreduce", "--checks-only")
+    _check_scores(rows, plants.PLANTS)
+    assert float(rows["solution"]["total"]) == plants.AUTO_MAX
+    assert float(rows["blank"]["total"]) == 0.0
+    # the hanging ring timed out (a note, not a crash) and the rest of its notebook was graded
+    hang = rows["hangs_in_collective"]
+    assert float(hang["total"]) == plants.AUTO_MAX - plants.POINTS["test_ring_on_processes"]
+    page = (out / "feedback" / "hangs_in_collective" / "allreduce.html").read_text()
+    assert "run_ring_on_processes timed out" in page or "raised" in page
