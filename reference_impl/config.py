@@ -159,6 +159,9 @@ class ParallelConfig:
     strategy: str = choices("ddp", "fsdp", default="ddp")
     fsdp_sharding: str = choices("full_shard", "shard_grad_op", default="full_shard")
     fsdp_min_params: int = bounded(100_000, lo=0)  # submodules above this get their own shard unit
+    # the pipeline's training stages (pipeline/launch.py): 0 = one process per core (per GPU),
+    # fewer if a batch would not divide; 1 = in the pipeline's own process
+    pipeline_processes: int = bounded(0, lo=0, hi=64)
 
 
 @dataclass

@@ -198,6 +198,8 @@ def train_lora(cfg, base: str | Path, dataset, output_dir: str | Path,
     trainer = fine_tune(lora_run_config(cfg, output_dir, len(dataset)), base, dataset,
                         adapt=adapt, export=export_adapter, progress=progress)
     seconds = time.perf_counter() - t0
+    if not trainer.is_main:  # under data parallelism rank 0 alone writes the log and the adapter
+        return {}
     losses = [r["loss"] for r in _read_log(Path(output_dir) / "metrics.jsonl")]
     return {"trainable_params": stats["trainable"], "total_params": stats["total"],
             "trainable_fraction": stats["fraction"],

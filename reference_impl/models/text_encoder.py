@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import pickle
 from pathlib import Path
 
@@ -84,10 +85,16 @@ class TextEncoder:
         return hidden, mask
 
     def save_cache(self) -> None:
-        """Write the cache atomically (temp file, then rename) if anything new was encoded."""
+        """Write the cache atomically (temp file, then rename) if anything new was encoded,
+        merged with what another process (a training rank) may have written meanwhile."""
         if self.cache_file is None or not self._dirty:
             return
-        tmp = self.cache_file.with_suffix(".tmp")
+        if self.cache_file.exists():
+            try:
+                self._cache = {**torch.load(self.cache_file, weights_only=True), **self._cache}
+            except (RuntimeError, EOFError, OSError, pickle.UnpicklingError):
+                print(f"the embedding cache {self.cache_file} was damaged; rewriting it")
+        tmp = self.cache_file.with_suffix(f".tmp{os.getpid()}")
         torch.save(self._cache, tmp)
         tmp.replace(self.cache_file)
         self._dirty = False

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -81,6 +82,9 @@ class Pipeline:
         if cfg.data.balance != "none":
             raise ConfigError("data.balance must be 'none' in the pipeline: the filtered subset "
                               "has no per-scene class list for the balanced sampler")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "REFERENCE_IMPL_STAGE" not in os.environ:
+            raise RuntimeError("run the pipeline as one process: it launches its training "
+                               "stages on every core itself (parallel.pipeline_processes)")
         self.cfg, self.progress = cfg, progress
         self.root = Path(cfg.output_dir)
         self.res = cfg.train.curriculum[-1].resolution

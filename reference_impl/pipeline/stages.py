@@ -34,6 +34,7 @@ from ..training.commands import build_validator
 from ..training.finetune import measure
 from ..training.finetune import sft as run_sft
 from ..training.trainer import Trainer
+from . import launch
 
 
 # ------------------------------------------------------------------ shared models (lazy)
@@ -133,18 +134,25 @@ def safety(p, out: Path) -> dict:
             "n_unsafe": pr["n_unsafe"], "unsafe_left": int(unsafe[kept].sum())}
 
 
-def pretrain(p, out: Path) -> dict:
-    """The trainer and its curriculum, on the filtered, re-captioned web data."""
+def train_pretrain(p, out: Path) -> dict:
+    """The trainer and its curriculum, on the filtered, re-captioned web data (every rank)."""
     kept = p.read_json("safety/kept.json")
     cfg = dataclasses.replace(p.cfg, output_dir=str(out))
     trainer = Trainer(cfg, resume=True, progress=p.progress, validator=build_validator(cfg),
                       dataset_fn=lambda data_cfg, stage: Subset(
                           web_data(p, stage.resolution, stage.hq_fraction), kept))
     trainer.fit()
-    final = [r for r in trainer.history if r.get("final")]
+    final = [r for r in trainer.history if r.get("final")]  # rank 0 validates
+    return {"steps": trainer.step, "train_images": len(kept), "final": final[-1] if final else {}}
+
+
+def pretrain(p, out: Path) -> dict:
+    """Pre-training (on every core, see launch.py); its final validation and curves."""
+    run = launch.train(p, "pretrain", out)
     keep = ("val/prompt_acc", "val/prompt_acc/kind", "val/fid", "val_raw/prompt_acc", "val_raw/fid")
-    m = {k: final[-1].get(k) for k in keep} if final else {}
-    m.update(steps=trainer.step, train_images=len(kept), val_n=p.cfg.eval.num_prompts)
+    m = {k: run["final"].get(k) for k in keep} if run["final"] else {}
+    m.update(steps=run["steps"], train_images=run["train_images"], val_n=p.cfg.eval.num_prompts,
+             processes=launch.num_processes(p.cfg))
     m["figures"] = [str(f) for f in report_lib.plot_run(out)]
     return m
 
@@ -163,17 +171,23 @@ def curate(p, out: Path) -> dict:
             "predicted_all": float(scores.mean()), "predicted_selected": float(scores[top].mean())}
 
 
+def train_sft(p, out: Path) -> dict:
+    """SFT's run (every rank) on the curated positions."""
+    positions = p.read_json("curate/sft_positions.json")
+    trainer = run_sft(p.cfg, p.input("pretrain/final"), Subset(web_data(p, p.res), positions),
+                      out, progress=p.progress)
+    return {"steps": trainer.step, "train_images": len(positions)}
+
+
 def sft(p, out: Path) -> dict:
     """SFT from the pre-trained weights on the curated set; measured before and after."""
     prompts = validation_prompts(p.cfg.sft.num_eval_prompts)
     before = samples(p, "pretrain", prompts)
-    positions = p.read_json("curate/sft_positions.json")
-    run_sft(p.cfg, p.input("pretrain/final"), Subset(web_data(p, p.res), positions), out,
-            progress=p.progress)
+    run = launch.train(p, "sft", out)
     after = samples(p, "sft", prompts)  # its own output, just written
     save_grid(before, out / "before.png")
     save_grid(after, out / "after.png")
-    return {"init": p.cfg.sft.init, "train_images": len(positions), "steps": p.cfg.sft.steps,
+    return {"init": p.cfg.sft.init, "train_images": run["train_images"], "steps": run["steps"],
             "before": measure(before, prompts, probe(p), scorer(p)),
             "after": measure(after, prompts, probe(p), scorer(p))}
 
@@ -194,32 +208,48 @@ def pairs(p, out: Path) -> dict:
             "rejected_aesthetic": sum(data["rejected_aesthetic"]) / n}
 
 
-def dpo(p, out: Path) -> dict:
-    """Diffusion-DPO from the SFT model; the judge's win rate on held-out prompts."""
+def train_dpo_run(p, out: Path) -> dict:
+    """DPO's run (every rank) from the SFT model on the pairs."""
     data = prefs.load_pairs(p.input("pairs/pairs"))
     trainer = train_dpo(p.cfg, p.input("sft/final"), data, out, progress=p.progress)
     logged = [r for r in trainer.history if "dpo/implicit_acc" in r]
+    return {"steps": trainer.step, "pairs": len(data),
+            "implicit_acc_last": logged[-1]["dpo/implicit_acc"] if logged else None,
+            "reward_margin_last": logged[-1]["dpo/reward_margin"] if logged else None}
+
+
+def dpo(p, out: Path) -> dict:
+    """Diffusion-DPO from the SFT model; the judge's win rate on held-out prompts."""
+    data = prefs.load_pairs(p.input("pairs/pairs"))
+    run = launch.train(p, "dpo", out)
     prompts = prefs.random_prompts(p.cfg.dpo.num_eval_prompts, seed=p.cfg.seed + 200,
                                    exclude=data["prompt"])
     seed = p.cfg.eval.seed + 1
     dpo_img, sft_img = samples(p, "dpo", prompts, seed), samples(p, "sft", prompts, seed)
-    return {"beta": p.cfg.dpo.beta, "steps": trainer.step, "pairs": len(data),
-            "implicit_acc_last": logged[-1]["dpo/implicit_acc"] if logged else None,
-            "reward_margin_last": logged[-1]["dpo/reward_margin"] if logged else None,
+    return {"beta": p.cfg.dpo.beta, **run,
             "win_rate_vs_sft": prefs.win_rate(judge(p), dpo_img, sft_img, prompts),
             "dpo": measure(dpo_img, prompts, probe(p), scorer(p)),
             "sft": measure(sft_img, prompts, probe(p), scorer(p))}
 
 
-def lora(p, out: Path) -> dict:
-    """A brand-look adapter on the DPO model; how often brand prompts come out in the style."""
-    lc = p.cfg.lora
+def brand_images(p) -> ShapesWorld:
+    """The brand's look: ``lora.num_images`` scenes, all in the brand style, rich captions."""
     world = dataclasses.replace(p.cfg.data.world, seed=p.cfg.data.world.seed + 7,
                                 brand_fraction=1.0, caption_mix=[0.0, 0.0, 1.0],
                                 unsafe_fraction=0.0, hq_fraction=1.0)
-    base = p.input("dpo/final")
-    stats = lora_lib.train_lora(p.cfg, base, ShapesWorld(world, lc.num_images, p.res), out,
-                                progress=p.progress)
+    return ShapesWorld(world, p.cfg.lora.num_images, p.res)
+
+
+def train_lora_run(p, out: Path) -> dict:
+    """LoRA's run (every rank) on the DPO model; the adapter's numbers."""
+    return lora_lib.train_lora(p.cfg, p.input("dpo/final"), brand_images(p), out,
+                               progress=p.progress)
+
+
+def lora(p, out: Path) -> dict:
+    """A brand-look adapter on the DPO model; how often brand prompts come out in the style."""
+    lc, base = p.cfg.lora, p.input("dpo/final")
+    stats = launch.train(p, "lora", out)
     prompts = prefs.random_prompts(lc.num_eval_prompts, seed=p.cfg.seed + 300, brand=True)
     seed = p.cfg.eval.seed + 2
     base_img = samples(p, "dpo", prompts, seed)
@@ -274,3 +304,8 @@ def report(p, out: Path) -> dict:
     figures = {name: sorted(p.dir(name).rglob("*.png")) for name in names}
     md, html = report_lib.lifecycle_report(p.root, p.cfg.name, metrics, figures)
     return {"report": str(md), "html": str(html)}
+
+
+# the stages whose training runs on every core (launch.py): stage -> its training function
+TRAIN = {"pretrain": train_pretrain, "sft": train_sft, "dpo": train_dpo_run,
+         "lora": train_lora_run}
