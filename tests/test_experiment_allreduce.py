@@ -42,10 +42,12 @@ def test_fit_is_the_least_squares_solution(result):
     assert result.arm("alpha (latency per message)").n == allreduce.SCALES["fast"]["repeats"]
 
 
-def test_intervals_contain_their_values(result):
+def test_intervals_are_ordered(result):
+    # percentile bootstrap intervals need not contain the point estimate: only their order holds
     for a in result.arms:
         if math.isfinite(a.lo) and math.isfinite(a.hi):
-            assert a.lo - 1e-9 <= a.value <= a.hi + 1e-9, a
+            assert a.lo <= a.hi, a
+        assert a.n >= 1
 
 
 def test_extrapolation_terms_add_up(result):

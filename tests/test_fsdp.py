@@ -147,9 +147,12 @@ def worker(out: Path) -> None:
 
     # the same run again, interrupted after 2 steps and resumed by a new trainer
     cfg_b = load_config("ci", overrides(out / "resumed", PER_RANK_BATCH, fsdp=True))
-    Trainer(cfg_b, progress=False).fit(stop_after=2)
+    interrupted = Trainer(cfg_b, progress=False)
+    interrupted.fit(stop_after=2)
+    ema_saved, raw_saved = interrupted.whole_models()  # what the step-2 checkpoint holds
     resumed = Trainer(cfg_b, progress=False, resume=True)
     assert resumed.step == 2
+    ema_loaded, raw_loaded = resumed.whole_models()  # what the resume read back
     resumed.fit()
     ema_b, raw_b = resumed.whole_models()
 
@@ -163,6 +166,9 @@ def worker(out: Path) -> None:
     hist = [r for r in trainer.history if "loss" in r]
     torch.save({"unet_zero2": raw_c.state_dict(), "unet": raw.state_dict(), "ema": ema.state_dict(),
                 "unet_resumed": raw_b.state_dict(), "ema_resumed": ema_b.state_dict(),
+                "unet_saved": raw_saved.state_dict(), "ema_saved": ema_saved.state_dict(),
+                "unet_loaded": raw_loaded.state_dict(), "ema_loaded": ema_loaded.state_dict(),
+                "resumed_losses": [r["loss"] for r in resumed.history if "loss" in r],
                 "reduces": reduces, "local_numel": local_numel(trainer.unet),
                 "total_numel": sum(p.numel() for p in raw.parameters()),
                 "losses": [r["loss"] for r in hist], "grad_norms": [r["grad_norm"] for r in hist],
@@ -221,11 +227,17 @@ def test_zero2_trains_the_same_weights(runs):
 
 
 def test_resume_from_distributed_checkpoint_is_exact(runs):
+    # in order, so that a failure says where the resumed run first differs: the checkpoint's
+    # round trip, then the first step after the resume, then the end of the run
     _, ranks, _, _ = runs
     for r in ranks:
         for name in ("unet", "ema"):
+            for k, v in r[f"{name}_saved"].items():
+                assert torch.equal(r[f"{name}_loaded"][k], v), f"round trip at step 2: {name}.{k}"
+        assert r["resumed_losses"] == r["losses"][2:], "the first step after the resume"
+        for name in ("unet", "ema"):
             for k, v in r[name].items():
-                assert torch.equal(r[f"{name}_resumed"][k], v), f"{name}.{k}"
+                assert torch.equal(r[f"{name}_resumed"][k], v), f"end of run: {name}.{k}"
 
 
 def test_validation_and_export_use_the_whole_ema(runs):

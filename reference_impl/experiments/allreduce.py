@@ -25,6 +25,7 @@ course (zero, data_parallel) also take, and the experiment must run alone (the h
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -203,8 +204,10 @@ def summarize(s: Summary) -> Outcome:
             float(gloo_exact), n=sum(n for n, _ in gloo_rows), n_what="rank-cases", interval="exact"),
         Arm("alpha (latency per message)", "microseconds, fitted", fit["alpha"] * 1e6,
             a_lo * 1e6, a_hi * 1e6, n=reps, n_what="repeats", interval="bootstrap"),
-        Arm("1/beta (link bandwidth)", "GB/s, fitted", 1e-9 / fit["beta"], 1e-9 / b_hi,
-            1e-9 / b_lo, n=reps, n_what="repeats", interval="bootstrap"),
+        # a resample whose beta reaches 0 or below leaves the bandwidth unbounded above
+        Arm("1/beta (link bandwidth)", "GB/s, fitted", 1e-9 / fit["beta"],
+            1e-9 / b_hi if b_hi > 0 else math.nan, 1e-9 / b_lo if b_lo > 0 else math.inf,
+            n=reps, n_what="repeats", interval="bootstrap"),
         Arm("model fit R^2 (log t)", "R^2 of log time, ring, all N and sizes", fit["r2_log"],
             n=len(t_arr), n_what="(N, size) points", interval="none"),
         *busbw,
