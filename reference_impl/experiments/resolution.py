@@ -60,7 +60,7 @@ from ..evaluation.metrics import sharpness_contrast
 from ..models.unet import build_unet
 from ..paths import cache_dir
 from ..training.throughput import module_step_flops
-from .common import make_config, validator
+from .common import make_config, train_and_measure, validator
 from .runner import Arm, Experiment, Outcome
 
 CURRICULUM_ARMS = ("32px only", "16->32px curriculum")
@@ -202,27 +202,16 @@ def quality_plan(settings: dict, arm: str) -> list[dict]:
 def train_arm(settings: dict, stages: list[dict], seed: int, hq_fraction: float,
               dataset_fn=None) -> dict:
     """Train one arm through its stages, then measure its EMA weights at the last resolution.
-
-    (common.train_and_measure does the same without a ``dataset_fn``; the scarce sharp set
-    needs one.) Returns the measures plus training seconds (measurement excluded)."""
-    from ..training.trainer import Trainer
-
+    Returns the measures plus training seconds (measurement excluded)."""
     cfg = _config(settings, stages, seed, hq_fraction=hq_fraction)
     res, ev = stages[-1]["resolution"], settings["eval"]
     # built outside no_grad: the first call may have to train the probe
     val = validator(res, ev["prompts"], ev["reference"])
-    scratch = _scratch(cfg)
-    try:
-        trainer = Trainer(cfg, progress=False, dataset_fn=dataset_fn)
-        t0 = time.perf_counter()
-        trainer.fit()
-        seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            out = measure_samples(trainer, val, res)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    loss = [r["loss_ema"] for r in trainer.history if r.get("loss_ema") is not None]
-    return {**out, "train_s": seconds, "steps": trainer.step, "final_loss_ema": loss[-1] if loss else None}
+    run = train_and_measure(cfg, at_steps=[], dataset_fn=dataset_fn,
+                            measure_fn=lambda trainer, step: measure_samples(trainer, val, res))
+    loss = [r["loss_ema"] for r in run["history"] if r.get("loss_ema") is not None]
+    return {**run["measures"][-1], "train_s": run["seconds"], "steps": run["measures"][-1]["step"],
+            "final_loss_ema": loss[-1] if loss else None}
 
 
 def measure_samples(trainer, val, resolution: int) -> dict:
