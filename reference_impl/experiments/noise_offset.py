@@ -192,12 +192,12 @@ def summarize(s: Summary) -> Outcome:
 
 def draw(table: dict, data: dict, s: Summary) -> list[str]:
     """brightness.png: background luma per arm vs data; spacing.png: gap per spacing."""
-    import matplotlib
+    # Figure objects, not pyplot: no global backend switch, so a notebook that computes the
+    # experiment keeps its inline figures
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     names = list(SPACING)
     for j, (which, colour) in enumerate((("bg_dark", "#333"), ("bg_light", "#bbb"))):
         vals = [mean(table[a][main(a, s.settings)][which]) for a in names]
@@ -211,9 +211,9 @@ def draw(table: dict, data: dict, s: Summary) -> list[str]:
     ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(s.figure_dir / "brightness.png", dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     keys = list(table["no_offset"])
     for arm in ("no_offset", "offset_0.1"):
         ax.plot(keys, [mean(table[arm][k]["gap"]) for k in keys], "o-", label=arm)
@@ -223,7 +223,6 @@ def draw(table: dict, data: dict, s: Summary) -> list[str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(s.figure_dir / "spacing.png", dpi=120)
-    plt.close(fig)
     return ["brightness.png", "spacing.png"]
 
 
