@@ -2,7 +2,7 @@
 
 One *jail* is one sandboxed process tree (the feedback kernel, or the hidden-check harness):
 
-* ``bwrap --unshare-all`` (no network: the loopback is down; own PID namespace, so the whole
+* ``bwrap --unshare-all`` (no network: a private namespace with only its own loopback; own PID namespace, so the whole
   tree dies with it), read-only ``/usr``, the Python installation, the venv and the public
   ``reference_impl`` package; read-write only the jail's own folder. ``solutions/``, the rest of
   the repository, the gradebook, ``OUT/``, other students and the other jail are not mounted.
