@@ -30,6 +30,12 @@ from ..training.finetune import finetune_config
 # The attention projections of diffusers' Attention blocks (self- and cross-attention):
 # what the diffusers LoRA training examples adapt.
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# ... plus the ResNet blocks' 3x3 convolutions (peft adapts a Conv2d with A a k x k conv to r
+# channels and B a 1x1 conv back; the "LoCon" recipe). A UNet whose full-resolution level has no
+# attention (the laptop preset's DownBlock2D / UpBlock2D) can only change fine detail there
+# through these convolutions.
+CONV_TARGETS = ("conv1", "conv2")
+TARGETS = {"attention": ATTENTION_TARGETS, "attention_conv": ATTENTION_TARGETS + CONV_TARGETS}
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -66,7 +72,8 @@ def _targeted(name: str, targets) -> bool:
 
 
 def lora_parameter_count(model: nn.Module, rank: int, target_modules=ATTENTION_TARGETS) -> int:
-    """r * (d_in + d_out) summed over the targeted Linear layers (before or after add_lora)."""
+    """r * (d_in + d_out) summed over the targeted Linear layers (before or after add_lora);
+    a targeted Conv2d (c_in -> c_out, k x k) counts r * (c_in k k + c_out)."""
     total = 0
     for name, module in model.named_modules():
         if not _targeted(name, target_modules):
@@ -74,6 +81,9 @@ def lora_parameter_count(model: nn.Module, rank: int, target_modules=ATTENTION_T
         base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
         if isinstance(base, nn.Linear):
             total += rank * (base.in_features + base.out_features)
+        elif isinstance(base, nn.Conv2d):
+            kh, kw = base.kernel_size
+            total += rank * (base.in_channels * kh * kw + base.out_channels)
     return total
 
 
