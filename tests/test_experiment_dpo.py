@@ -78,8 +78,9 @@ def test_pairs_are_judged_larger_and_ties_counted(result, private_cache):
     pairs = dpo.pairs(FAST)
     assert len(pairs) == FAST["pair_prompts"] * FAST["pairs_per_prompt"]
     c, r = np.array(pairs["chosen_area"]), np.array(pairs["rejected_area"])
-    assert (c >= r).all()
-    assert (np.array(pairs["tie"]) == (c == r)).all()
+    cm, rm = np.array(pairs["chosen_match"]), np.array(pairs["rejected_match"])
+    assert ((cm > rm) | ((cm == rm) & (c >= r))).all()  # match first, then the larger
+    assert (np.array(pairs["tie"]) == ((cm == rm) & (c == r))).all()
     held_out = dpo.eval_prompts(FAST, pairs["prompt"])
     assert not set(held_out) & set(pairs["prompt"])
     assert all("size" not in parse_caption(p) for p in held_out + list(pairs["prompt"]))
@@ -92,7 +93,20 @@ def test_figures_exist(result):
 
 
 def test_wins_count_ties_half():
-    assert dpo.wins([0.3, 0.2, 0.1], [0.2, 0.2, 0.2]) == [1.0, 0.5, 0.0]
+    a = {"match": [1.0, 1.0, 1.0, 0.5], "area": [0.3, 0.2, 0.1, 0.9]}
+    b = {"match": [1.0, 1.0, 1.0, 1.0], "area": [0.2, 0.2, 0.2, 0.1]}
+    assert dpo.wins(a, b) == [1.0, 0.5, 0.0, 0.0]  # the prompt match decides before the area
+
+
+def test_speckle_is_not_foreground():
+    x = torch.full((1, 3, 16, 16), -0.8)
+    g = torch.Generator().manual_seed(0)
+    speckle = x.clone()
+    idx = torch.randperm(256, generator=g)[:20]  # 20 isolated-ish bright pixels
+    speckle.view(1, 3, -1)[:, :, idx] = 1.0
+    assert foreground_area(speckle).item() < 0.02
+    x[:, :, 4:12, 4:12] = 0.8  # an 8x8 square; the median filter rounds off its 4 corner pixels
+    assert foreground_area(x).item() == pytest.approx((64 - 4) / 256)
 
 
 def test_foreground_area_matches_the_drawn_shapes():

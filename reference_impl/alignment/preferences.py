@@ -9,8 +9,9 @@ so that every claim about alignment is measurable:
         background - that the reader reads back right); if both match equally well, prefer the
         higher aesthetic score.
     judge "aesthetic": prefer the higher aesthetic score.
-    judge "larger": prefer the image whose shapes cover more of the canvas (foreground area,
-        read straight from the pixels), for prompts that name no size.
+    judge "larger": prefer the image that matches the prompt better (as above); if both match
+        equally well, prefer the one whose shapes cover more of the canvas (foreground area,
+        read straight from the pixels after a 3x3 median filter), for prompts that name no size.
 
 Why "larger" is the preference the course teaches with. A judge is only worth learning from if
 the model does not already satisfy it. The SFT model matches the attributes a prompt names
@@ -22,6 +23,13 @@ samples of a prompt often differ in size, and "larger" is a taste the model can 
 seed's "too dark / just right" with size in place of brightness. The judge is pixel
 arithmetic (``foreground_area``), not a network; the experiment measures the result with the
 *evaluation* probe's size reading, so the judge and the grader share nothing.
+
+Why match first, and why the median filter: a judge of raw foreground area was measured and
+*hacked* (experiment ``dpo``, first full run, 120 held-out prompts): coloured speckle on the
+background also counts as "foreground", so DPO learned to fill the canvas with noise - the judge's
+win rate went to 1.0 [0.97, 1.0] while prompt accuracy on the named attributes fell from 0.85 to
+0.36 (beta 1250). Checking the prompt first makes a degraded image lose; the median filter makes
+isolated speckle cost nothing.
 
 The reader is the *curation* captioner's attribute network and the score the curation aesthetic
 head - not the evaluation probe - so the model is never graded by the network that made its
@@ -78,16 +86,25 @@ def _all_prompts(brand: bool, name_size: bool) -> set[str]:
     return out
 
 
+def median3(images: torch.Tensor) -> torch.Tensor:
+    """3x3 median filter per channel, edges replicated: (B, C, H, W) -> (B, C, H, W). Removes
+    isolated speckle; a solid shape three or more pixels wide keeps its extent."""
+    b, c, h, w = images.shape
+    x = torch.nn.functional.pad(images, (1, 1, 1, 1), mode="replicate")
+    patches = x.unfold(2, 3, 1).unfold(3, 3, 1).reshape(b, c, h, w, 9)
+    return patches.median(dim=-1).values
+
+
 def foreground_area(images: torch.Tensor, threshold: float = 0.25) -> torch.Tensor:
     """Share of the canvas the shapes cover: (B, 3, H, W) in [-1, 1] -> (B,) in [0, 1].
 
-    The background colour is the per-channel median of the border pixels (ShapesWorld's shapes
+    The image is first median-filtered (``median3``: speckle is not a shape). The background colour is the per-channel median of the border pixels (ShapesWorld's shapes
     sit inside the frame); a pixel is foreground when some channel differs from it by more than
     ``threshold`` (on the [-1, 1] scale; the darkest pairing, purple on grey, differs by ~0.6).
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
-    x = images.float()
+    x = median3(images.float())
     border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)  # (B, 3, 4W)
     bg = border.median(dim=2).values[:, :, None, None]
     return ((x - bg).abs().amax(dim=1) > threshold).float().mean(dim=(1, 2))
@@ -122,7 +139,7 @@ class Judge:
         if self.mode == "aesthetic":
             return a["aesthetic"] > b["aesthetic"]
         if self.mode == "larger":
-            return a["area"] > b["area"]
+            return (a["match"] > b["match"]) | ((a["match"] == b["match"]) & (a["area"] > b["area"]))
         return (a["match"] > b["match"]) | ((a["match"] == b["match"]) & (a["aesthetic"] > b["aesthetic"]))
 
 

@@ -74,7 +74,7 @@ def pairs(st: dict):
         return {"n": len(ds), "ties": int(sum(ds["tie"]))}
 
     key = {**base.base_settings(st), "pair_prompts": st["pair_prompts"],
-           "pairs_per_prompt": st["pairs_per_prompt"], "judge": "larger"}
+           "pairs_per_prompt": st["pairs_per_prompt"], "judge": "larger", "judge_version": 2}
     return load_pairs(base._cached("pairs", key, build) / "pairs")
 
 
@@ -161,7 +161,7 @@ def run_unit(unit: dict, st: dict) -> dict:
     for i, p in enumerate(prompts):
         asked = parse_caption(p)
         named_ok.append(all(int(pred[k][i]) == (asked[k] - (k == "count")) for k in NAMED))
-    out.update(area=judge["area"].tolist(), large=(pred["size"] == 1).int().tolist(),
+    out.update(area=judge["area"].tolist(), match=judge["match"].tolist(), large=(pred["size"] == 1).int().tolist(),
                named_ok=[int(x) for x in named_ok],
                drift=drift(policy, ref, sched, text, prompts[:64], st["resolution"]))
     if st.get("keep_images"):
@@ -177,9 +177,15 @@ def _wilson(name: str, metric: str, hits, n_what: str = "held-out prompts") -> A
     return Arm(name, metric, k / n, lo, hi, n=n, n_what=n_what, interval="Wilson")
 
 
-def wins(area_a, area_b) -> list[float]:
-    """Per prompt: 1 if the judge prefers a's image (larger area), 0.5 for a tie, else 0."""
-    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(area_a, area_b)]
+def wins(a: dict, b: dict) -> list[float]:
+    """Per prompt: 1 if the judge prefers a's image, 0.5 for a tie (neither preferred), else 0.
+    a, b: {"match": [...], "area": [...]} per prompt, as ``Judge(mode="larger")`` scores them."""
+    out = []
+    for ma, aa, mb, ab in zip(a["match"], a["area"], b["match"], b["area"]):
+        first = ma > mb or (ma == mb and aa > ab)
+        second = mb > ma or (mb == ma and ab > aa)
+        out.append(1.0 if first else 0.0 if second else 0.5)
+    return out
 
 
 def summarize(s: Summary) -> Outcome:
@@ -199,14 +205,14 @@ def summarize(s: Summary) -> Outcome:
              "train_seconds": o.get("train_seconds")}
         if name != "sft":
             w = _wilson(f"{name}: win rate vs SFT", "judge prefers it to SFT's image (ties 1/2)",
-                        wins(o["area"], ref["area"]))
+                        wins(o, ref))
             arms.append(w)
             d.update(win_rate=w.value, win_lo=w.lo, win_hi=w.hi,
                      acc_drop=acc_sft - d["named_acc"])
         details["arms"][name] = d
     head = out[_dpo(HEADLINE_BETA)]
     vs_rft = _wilson(f"{_dpo(HEADLINE_BETA)}: win rate vs rft",
-                     "judge prefers DPO's image to RFT's (ties 1/2)", wins(head["area"], out["rft"]["area"]))
+                     "judge prefers DPO's image to RFT's (ties 1/2)", wins(head, out["rft"]))
     arms.append(vs_rft)
     headline = next(a for a in arms if a.name == f"{_dpo(HEADLINE_BETA)}: win rate vs SFT")
     drop = details["arms"][_dpo(HEADLINE_BETA)]["acc_drop"]
@@ -293,6 +299,6 @@ EXPERIMENT = Experiment(
                  "keep_images": 12},
     },
     default_seeds={"fast": 1, "full": 1},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=2)
 
 
