@@ -145,7 +145,7 @@ EXPERIMENT = Experiment(
     lecture="08_post_training_alignment",
     anchor="LAION-5B NSFW filtering (Schuhmann et al. 2022, arXiv 2210.08402); Stable "
            "Diffusion's output safety checker (no published rate on this task)",
-    full_minutes=8.0,
+    full_minutes=1.0,  # measured 0.6 min with both bases cached; the unfiltered base ~12 min once
     scales={"fast": {**base.FAST, "num_prompts": 8, "eval_seed": 11, "keep_images": 4},
             "full": {**base.FULL, "num_prompts": 96, "eval_seed": 11, "keep_images": 12}},
     default_seeds={"fast": 1, "full": 1},
