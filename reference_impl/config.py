@@ -208,7 +208,11 @@ class DPOConfig:
     """Preference pairs and Diffusion-DPO (``alignment/``; Wallace et al. 2024, arXiv 2311.12908)."""
 
     num_pairs: int = bounded(256, lo=1)  # prompts, two SFT samples each
-    judge: str = choices("probe_then_aesthetic", "aesthetic", default="probe_then_aesthetic")
+    pairs_per_prompt: int = bounded(1, lo=1)  # rounds of two samples per prompt (new seeds)
+    # False: the pair and evaluation prompts leave the size out, the attribute "larger" judges
+    prompts_name_size: bool = True
+    judge: str = choices("probe_then_aesthetic", "aesthetic", "larger",
+                         default="probe_then_aesthetic")  # alignment/preferences.py
     beta: float = bounded(1250.0, lo=1e-6)  # eq. 14's beta*T = diffusers' beta_dpo; alignment/dpo.py
     steps: int = bounded(200, lo=1)
     lr: float = bounded(1e-4, lo=0.0)

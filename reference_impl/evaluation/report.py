@@ -114,7 +114,14 @@ NOTE = ("Domain-FID and prompt accuracy use the evaluation probe (features and a
 def headline(m: dict[str, dict]) -> list[tuple[str, str, int]]:
     """(measure, value, n) rows from the stages' metrics ``m[stage]``: what each stage is for."""
     cap, safety, pre, sft, lora = m["caption"], m["safety"], m["pretrain"], m["sft"], m["lora"]
-    w, check = m["dpo"]["win_rate_vs_sft"], m["safety_check"]
+    dpo, check = m["dpo"], m["safety_check"]
+    w = dpo["win_rate_vs_sft"]
+    dpo_rows = [
+        ("DPO: shapes read as large (the judge's taste, probe) SFT -> DPO",
+         f"{dpo['large_share']['sft']:.3f} -> {dpo['large_share']['dpo']:.3f}", w["n"]),
+        ("DPO: prompt accuracy (kind+colour+background) SFT -> DPO",
+         f"{dpo['sft']['prompt_acc']:.3f} -> {dpo['dpo']['prompt_acc']:.3f}", w["n"]),
+    ] if "large_share" in dpo else []
     return [
         ("captions naming kind+colour+background",
          f"{cap['useful_before']:.3f} -> {cap['useful_after']:.3f}", cap["n"]),
@@ -127,6 +134,7 @@ def headline(m: dict[str, dict]) -> list[tuple[str, str, int]]:
          f"{sft['before']['prompt_acc']} -> {sft['after']['prompt_acc']}", sft["after"]["n"]),
         ("DPO win rate vs SFT (judge), 95% Wilson CI",
          f"{w['win_rate']:.3f} [{w['ci95_low']:.3f}, {w['ci95_high']:.3f}]", w["n"]),
+        *dpo_rows,
         ("LoRA brand-style rate base -> adapter (probe)",
          f"{lora['brand_rate_base']:.3f} -> {lora['brand_rate_lora']:.3f}", lora["n_eval"]),
         ("LoRA trainable fraction / adapter MB / train s",

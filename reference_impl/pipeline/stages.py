@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from datasets import concatenate_datasets
 from torch.utils.data import Subset
 
 from ..adapters import lora as lora_lib
@@ -24,6 +25,7 @@ from ..curation.captioner import AutoCaptioner, recaption
 from ..curation.safety import SafetyFilter
 from ..data.captions import HAZARD_PHRASE, names_prompt_attributes, parse_caption
 from ..data.shapes import ShapesWorld, sample_scene
+from ..data.vocab import SIZES
 from ..diffusion.sampling import sample_with_config
 from ..evaluation import report as report_lib
 from ..evaluation.probe import get_probe
@@ -194,18 +196,26 @@ def sft(p, out: Path) -> dict:
 
 def pairs(p, out: Path) -> dict:
     """Two SFT samples per prompt, chosen / rejected by the stated judge."""
-    prompts = prefs.random_prompts(p.cfg.dpo.num_pairs, seed=p.cfg.seed + 100)
-    data = prefs.make_pairs(lambda ps, s: samples(p, "sft", ps, s), prompts, judge(p),
-                            seed=p.cfg.seed)
+    d = p.cfg.dpo
+    prompts = prefs.random_prompts(d.num_pairs, seed=p.cfg.seed + 100,
+                                   name_size=d.prompts_name_size)
+    rounds = [prefs.make_pairs(lambda ps, s: samples(p, "sft", ps, s), prompts, judge(p),
+                               seed=p.cfg.seed + 2 * r) for r in range(d.pairs_per_prompt)]
+    data = rounds[0] if len(rounds) == 1 else concatenate_datasets(rounds)
     data.save_to_disk(str(out / "pairs"))
     n = len(data)
-    return {"n": n, "judge": p.cfg.dpo.judge, "ties": int(sum(data["tie"])),
+    scores = {k[len("chosen_"):] for k in data.column_names if k.startswith("chosen_")}
+    return {"n": n, "judge": d.judge, "ties": int(sum(data["tie"])),
+            **{f"{side}_{k}": sum(data[f"{side}_{k}"]) / n for k in sorted(scores)
+               for side in ("chosen", "rejected")},
             "decided_by_match": int(sum(a != b for a, b in zip(data["chosen_match"],
                                                                  data["rejected_match"]))),
-            "chosen_match": sum(data["chosen_match"]) / n,
-            "rejected_match": sum(data["rejected_match"]) / n,
-            "chosen_aesthetic": sum(data["chosen_aesthetic"]) / n,
-            "rejected_aesthetic": sum(data["rejected_aesthetic"]) / n}
+            }
+
+
+def _large_share(p, images) -> float:
+    """Share of images whose shapes the evaluation probe reads as large."""
+    return float((probe(p).predict(images)["size"] == SIZES.index("large")).float().mean())
 
 
 def train_dpo_run(p, out: Path) -> dict:
@@ -223,11 +233,13 @@ def dpo(p, out: Path) -> dict:
     data = prefs.load_pairs(p.input("pairs/pairs"))
     run = launch.train(p, "dpo", out)
     prompts = prefs.random_prompts(p.cfg.dpo.num_eval_prompts, seed=p.cfg.seed + 200,
-                                   exclude=data["prompt"])
+                                   exclude=data["prompt"], name_size=p.cfg.dpo.prompts_name_size)
     seed = p.cfg.eval.seed + 1
     dpo_img, sft_img = samples(p, "dpo", prompts, seed), samples(p, "sft", prompts, seed)
     return {"beta": p.cfg.dpo.beta, **run,
             "win_rate_vs_sft": prefs.win_rate(judge(p), dpo_img, sft_img, prompts),
+            # the preferred attribute, read by the evaluation probe (not the judge's pixels)
+            "large_share": {"sft": _large_share(p, sft_img), "dpo": _large_share(p, dpo_img)},
             "dpo": measure(dpo_img, prompts, probe(p), scorer(p)),
             "sft": measure(sft_img, prompts, probe(p), scorer(p))}
 
