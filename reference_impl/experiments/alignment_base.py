@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -58,7 +59,10 @@ def config(st: dict, name: str, steps: int, lr: float, batch_size: int, warmup_s
     """A one-stage run config at the base resolution (``experiments.common.make_config``)."""
     from .common import make_config
 
-    sets = {"model.preset": st["preset"], "data.num_train": st["num_train"],
+    # a scratch folder unless the caller names one: a run must never write into the preset's
+    # own output_dir (runs/laptop, a user's pipeline run), and two workers never share one
+    scratch = cache_dir("experiments", "_work") / f"{name}-{uuid.uuid4().hex[:10]}"
+    sets = {"output_dir": str(scratch), "model.preset": st["preset"], "data.num_train": st["num_train"],
             "data.world.unsafe_fraction": st["unsafe_fraction"],
             "data.world.caption_mix": [0.0, 0.0, 1.0],  # rich captions: the auto-captioned web
             "train.curriculum": [{"steps": steps, "resolution": st["resolution"],
@@ -124,6 +128,9 @@ def fine_tune(cfg, dataset, unet=None, loss=None):
     trainer = Trainer(cfg, progress=False, unet=unet, loss=loss,
                       dataset_fn=lambda data_cfg, stage: dataset)
     trainer.fit()
+    run_dir = Path(cfg.output_dir)
+    if run_dir.parent == cache_dir("experiments", "_work"):  # a scratch folder of ``config``
+        shutil.rmtree(run_dir, ignore_errors=True)
     return trainer
 
 
