@@ -226,6 +226,9 @@ class LoRAConfig:
 
     rank: int = bounded(4, lo=1)
     alpha: float | None = bounded(None, lo=1e-6)  # None: alpha = rank
+    # which layers get adapters (adapters/lora.py TARGETS): the attention projections, or those
+    # and the ResNet convolutions (the small UNets have no attention at full resolution)
+    targets: str = choices("attention", "attention_conv", default="attention")
     num_images: int = bounded(50, lo=1)  # brand-style images it learns from
     steps: int = bounded(200, lo=1)
     lr: float = bounded(1e-3, lo=0.0)

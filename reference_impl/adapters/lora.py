@@ -203,7 +203,7 @@ def train_lora(cfg, base: str | Path, dataset, output_dir: str | Path,
     lc, stats = cfg.lora, {}
 
     def adapt(unet):
-        stats.update(add_lora(unet, lc.rank, lc.alpha))
+        stats.update(add_lora(unet, lc.rank, lc.alpha, TARGETS[lc.targets]))
     t0 = time.perf_counter()
     trainer = fine_tune(lora_run_config(cfg, output_dir, len(dataset)), base, dataset,
                         adapt=adapt, export=export_adapter, progress=progress)
