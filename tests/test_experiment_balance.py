@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from experiment_cache import private_cache
 
 from reference_impl.experiments import balance, runner
 
@@ -20,11 +21,8 @@ FAST = balance.EXPERIMENT.scales["fast"]
 
 @pytest.fixture(scope="module")
 def result(probe, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFERENCE_IMPL_CACHE", str(tmp_path_factory.mktemp("cache")))  # private: xdist-safe
-    res = runner.run_experiment("balance", "fast", workers=1, progress=False)
-    yield res
-    mp.undo()
+    with private_cache(tmp_path_factory):
+        yield runner.run_experiment("balance", "fast", workers=1, progress=False)
 
 
 def test_every_arm_has_its_measures(result):

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from experiment_cache import private_cache
 
 from reference_impl.data.captions import parse_caption
 from reference_impl.experiments import captioning, runner
@@ -20,11 +21,8 @@ FAST = captioning.EXPERIMENT.scales["fast"]
 
 @pytest.fixture(scope="module")
 def result(probe, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFERENCE_IMPL_CACHE", str(tmp_path_factory.mktemp("cache")))  # private: xdist-safe
-    res = runner.run_experiment("captioning", "fast", workers=1, progress=False)
-    yield res
-    mp.undo()
+    with private_cache(tmp_path_factory):
+        yield runner.run_experiment("captioning", "fast", workers=1, progress=False)
 
 
 def test_every_arm_has_its_accuracies(result):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from experiment_cache import private_cache
 
 from reference_impl.data.shapes import WorldConfig, render, sample_scene
 from reference_impl.experiments import collapse, runner
@@ -20,11 +21,8 @@ FAST = collapse.EXPERIMENT.scales["fast"]
 
 @pytest.fixture(scope="module")
 def result(probe, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFERENCE_IMPL_CACHE", str(tmp_path_factory.mktemp("cache")))  # private: xdist-safe
-    res = runner.run_experiment("collapse", "fast", workers=1, progress=False)
-    yield res
-    mp.undo()
+    with private_cache(tmp_path_factory):
+        yield runner.run_experiment("collapse", "fast", workers=1, progress=False)
 
 
 def test_every_share_has_its_ratio(result):

@@ -8,12 +8,13 @@ none of them trains. The judge's pixel arithmetic is checked against the analyti
 rendered shapes.
 """
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from experiment_cache import ALIGNMENT_MODELS
+from experiment_cache import private_cache as private_cache_of
 
 from reference_impl.alignment.preferences import foreground_area, random_prompts
 from reference_impl.data.captions import parse_caption
@@ -21,24 +22,16 @@ from reference_impl.data.shapes import make_scene, render
 from reference_impl.experiments import dpo, runner
 
 FAST = dpo.EXPERIMENT.scales["fast"]
-CURATION = ("captioner", "aesthetic", "safety", "probe")
 
 
 @pytest.fixture(scope="module")
 def private_cache(probe, tmp_path_factory):
     """A private cache (xdist-safe) that shares the session's curation models and probe."""
     from reference_impl.experiments.alignment_base import curation_models
-    from reference_impl.paths import cache_dir
 
     curation_models()  # built (or loaded) in the session cache first
-    shared = cache_dir()
-    root = tmp_path_factory.mktemp("cache")
-    for d in CURATION:
-        os.symlink(shared / d, root / d)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFERENCE_IMPL_CACHE", str(root))
-    yield root
-    mp.undo()
+    with private_cache_of(tmp_path_factory, share=ALIGNMENT_MODELS) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

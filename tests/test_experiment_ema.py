@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from experiment_cache import private_cache
 
 from reference_impl.experiments import common, ema, runner
 from reference_impl.training.ema import EMA
@@ -19,15 +20,9 @@ from reference_impl.training.ema import EMA
 
 @pytest.fixture(scope="module")
 def result(probe, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    # a private experiment cache (safe under xdist); the session's probe, already in memory
-    mp.setenv("REFERENCE_IMPL_CACHE", str(tmp_path_factory.mktemp("cache")))
-    mp.setattr(common, "_PROBE", probe)
-    mp.setattr(common, "_VALIDATORS", {})
-    try:
+    # the session's probe, already in memory
+    with private_cache(tmp_path_factory, patch=[(common, "_PROBE", probe), (common, "_VALIDATORS", {})]):
         yield runner.run_experiment("ema", "fast", workers=1, progress=False)
-    finally:
-        mp.undo()
 
 
 FAST = ema.EXPERIMENT.scales["fast"]

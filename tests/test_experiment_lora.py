@@ -8,28 +8,20 @@ fine-tuning trains the whole UNet; unmerging and disabling the adapter gives bac
 plain-prompt accuracy (the base is untouched).
 """
 import math
-import os
 
 import pytest
+from experiment_cache import ALIGNMENT_MODELS, private_cache
 
 from reference_impl.experiments import lora, runner
-
-CURATION = ("captioner", "aesthetic", "safety", "probe")
 
 
 @pytest.fixture(scope="module")
 def result(probe, tmp_path_factory):
     from reference_impl.experiments.alignment_base import curation_models
-    from reference_impl.paths import cache_dir
 
-    curation_models()
-    shared, root = cache_dir(), tmp_path_factory.mktemp("cache")
-    for d in CURATION:
-        os.symlink(shared / d, root / d)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFERENCE_IMPL_CACHE", str(root))
-    yield runner.run_experiment("lora", "fast", workers=1, progress=False)
-    mp.undo()
+    curation_models()  # built (or loaded) in the session cache first
+    with private_cache(tmp_path_factory, share=ALIGNMENT_MODELS):
+        yield runner.run_experiment("lora", "fast", workers=1, progress=False)
 
 
 def test_arms_share_prompts_and_have_intervals(result):

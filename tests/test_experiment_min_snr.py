@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
+from experiment_cache import private_cache
 
 from reference_impl.experiments import min_snr, runner
 
@@ -19,11 +20,8 @@ FAST = min_snr.EXPERIMENT.scales["fast"]
 
 @pytest.fixture(scope="module")
 def result(probe, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFERENCE_IMPL_CACHE", str(tmp_path_factory.mktemp("cache")))  # private: xdist-safe
-    res = runner.run_experiment("min_snr", "fast", workers=1, progress=False)
-    yield res
-    mp.undo()
+    with private_cache(tmp_path_factory):
+        yield runner.run_experiment("min_snr", "fast", workers=1, progress=False)
 
 
 def test_every_gamma_has_its_arms(result):

@@ -4,18 +4,15 @@ import math
 from pathlib import Path
 
 import pytest
+from experiment_cache import private_cache
 
 from reference_impl.experiments import runner
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFERENCE_IMPL_CACHE", str(tmp_path_factory.mktemp("cache")))
-    try:
+    with private_cache(tmp_path_factory):
         yield runner.run_experiment("noise_offset", "fast", workers=1, progress=False)
-    finally:
-        mp.undo()
 
 
 def test_arms_and_n(result):

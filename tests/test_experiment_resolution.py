@@ -9,21 +9,16 @@ import math
 from pathlib import Path
 
 import pytest
+from experiment_cache import private_cache
 
 from reference_impl.experiments import common, resolution, runner
 
 
 @pytest.fixture(scope="module")
 def result(probe, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    # a private experiment cache (safe under xdist); the session's probe, already in memory
-    mp.setenv("REFERENCE_IMPL_CACHE", str(tmp_path_factory.mktemp("cache")))
-    mp.setattr(common, "_PROBE", probe)
-    mp.setattr(common, "_VALIDATORS", {})
-    try:
+    # the session's probe, already in memory
+    with private_cache(tmp_path_factory, patch=[(common, "_PROBE", probe), (common, "_VALIDATORS", {})]):
         yield runner.run_experiment("resolution", "fast", workers=1, progress=False)
-    finally:
-        mp.undo()
 
 
 def test_schema_and_arms(result):

@@ -8,30 +8,22 @@ the world's true aesthetic than the web. The output filter's precision and recal
 on hand-made flags.
 """
 import math
-import os
 
 import pytest
+from experiment_cache import ALIGNMENT_MODELS
+from experiment_cache import private_cache as private_cache_of
 
 from reference_impl.experiments import runner, safety, sft
-
-CURATION = ("captioner", "aesthetic", "safety", "probe")
 
 
 @pytest.fixture(scope="module")
 def private_cache(probe, tmp_path_factory):
     """A private cache (xdist-safe) that shares the session's curation models and probe."""
     from reference_impl.experiments.alignment_base import curation_models
-    from reference_impl.paths import cache_dir
 
-    curation_models()
-    shared = cache_dir()
-    root = tmp_path_factory.mktemp("cache")
-    for d in CURATION:
-        os.symlink(shared / d, root / d)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFERENCE_IMPL_CACHE", str(root))
-    yield root
-    mp.undo()
+    curation_models()  # built (or loaded) in the session cache first
+    with private_cache_of(tmp_path_factory, share=ALIGNMENT_MODELS) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,15 @@ import math
 from pathlib import Path
 
 import pytest
+from experiment_cache import private_cache
 
 from reference_impl.experiments import runner, stability
 
 
 @pytest.fixture(scope="module")
 def result(probe, tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("REFERENCE_IMPL_CACHE", str(tmp_path_factory.mktemp("cache")))  # private: xdist-safe
-    res = runner.run_experiment("stability", "fast", workers=1, progress=False)
-    yield res
-    mp.undo()
+    with private_cache(tmp_path_factory):
+        yield runner.run_experiment("stability", "fast", workers=1, progress=False)
 
 
 def test_schema_and_arms(result):
