@@ -31,3 +31,14 @@ def private_cache(tmp_path_factory, share=(), patch=()):
         yield root
     finally:
         mp.undo()
+
+
+@contextmanager
+def alignment_cache(tmp_path_factory):
+    """``private_cache`` for the Act III experiments: the curation models and the probe are
+    built (or loaded) in the session cache first, then linked in."""
+    from reference_impl.experiments.alignment_base import curation_models
+
+    curation_models()
+    with private_cache(tmp_path_factory, share=ALIGNMENT_MODELS) as root:
+        yield root

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from experiment_cache import ALIGNMENT_MODELS
-from experiment_cache import private_cache as private_cache_of
+from experiment_cache import alignment_cache
 
 from reference_impl.alignment.preferences import foreground_area, random_prompts
 from reference_impl.data.captions import parse_caption
@@ -27,10 +26,7 @@ FAST = dpo.EXPERIMENT.scales["fast"]
 @pytest.fixture(scope="module")
 def private_cache(probe, tmp_path_factory):
     """A private cache (xdist-safe) that shares the session's curation models and probe."""
-    from reference_impl.experiments.alignment_base import curation_models
-
-    curation_models()  # built (or loaded) in the session cache first
-    with private_cache_of(tmp_path_factory, share=ALIGNMENT_MODELS) as root:
+    with alignment_cache(tmp_path_factory) as root:
         yield root
 
 

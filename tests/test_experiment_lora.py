@@ -10,17 +10,14 @@ plain-prompt accuracy (the base is untouched).
 import math
 
 import pytest
-from experiment_cache import ALIGNMENT_MODELS, private_cache
+from experiment_cache import alignment_cache
 
 from reference_impl.experiments import lora, runner
 
 
 @pytest.fixture(scope="module")
 def result(probe, tmp_path_factory):
-    from reference_impl.experiments.alignment_base import curation_models
-
-    curation_models()  # built (or loaded) in the session cache first
-    with private_cache(tmp_path_factory, share=ALIGNMENT_MODELS):
+    with alignment_cache(tmp_path_factory):
         yield runner.run_experiment("lora", "fast", workers=1, progress=False)
 
 

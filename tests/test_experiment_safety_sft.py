@@ -10,8 +10,7 @@ on hand-made flags.
 import math
 
 import pytest
-from experiment_cache import ALIGNMENT_MODELS
-from experiment_cache import private_cache as private_cache_of
+from experiment_cache import alignment_cache
 
 from reference_impl.experiments import runner, safety, sft
 
@@ -19,10 +18,7 @@ from reference_impl.experiments import runner, safety, sft
 @pytest.fixture(scope="module")
 def private_cache(probe, tmp_path_factory):
     """A private cache (xdist-safe) that shares the session's curation models and probe."""
-    from reference_impl.experiments.alignment_base import curation_models
-
-    curation_models()  # built (or loaded) in the session cache first
-    with private_cache_of(tmp_path_factory, share=ALIGNMENT_MODELS) as root:
+    with alignment_cache(tmp_path_factory) as root:
         yield root
 
 

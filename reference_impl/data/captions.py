@@ -62,9 +62,9 @@ def rich_caption(scene: dict) -> str:
 def prompt(kind: str, colour: str, background: str, count: int = 1, size: str = "large",
            brand: bool = False) -> str:
     """A rich caption from attribute names: the prompt form the lectures type."""
-    idx = dict(kind=KINDS.index(kind), colour=COLOURS.index(colour), count=count,
-               size=SIZES.index(size), background=BACKGROUNDS.index(background),
-               style=int(brand), unsafe=False)
+    idx = {"kind": KINDS.index(kind), "colour": COLOURS.index(colour), "count": count,
+           "size": SIZES.index(size), "background": BACKGROUNDS.index(background),
+           "style": int(brand), "unsafe": False}
     return rich_caption(idx)
 
 
