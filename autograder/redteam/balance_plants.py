@@ -14,13 +14,12 @@ should fail (the hidden checks are built so that no other test notices it):
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 
 from .. import notebook as nbu
+from .plants import Plant, replace, solved_from
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "solutions" / "balance" / "balance.ipynb"
@@ -32,28 +31,8 @@ POINTS = 2.0  # every autograded test of this assignment
 AUTO_MAX = POINTS * len(WEIGHTS + SAMPLER + PART_C)
 
 
-@dataclass
-class Plant:
-    build: Callable  # (student_folder: Path) -> None, writes <folder>/balance/balance.ipynb
-    points: float
-    failed: set = field(default_factory=set)
-
-
 def solved():
-    """The release with every solution cell filled in from the source."""
-    src, nb = nbu.read(SOURCE), nbu.read(RELEASE)
-    answers = {nbu.grade_id(c): nbu.solution_text(c.source) for c in src.cells if nbu.is_solution(c)}
-    for c in nb.cells:
-        if nbu.grade_id(c) in answers:
-            c.source = answers[nbu.grade_id(c)]
-    return nb
-
-
-def replace(nb, gid: str, old: str, new: str):
-    c = next(c for c in nb.cells if nbu.grade_id(c) == gid)
-    assert old in c.source, f"plant does not apply: {old!r} not in {gid}"
-    c.source = c.source.replace(old, new)
-    return nb
+    return solved_from(SOURCE, RELEASE)
 
 
 def _plant(make, failed=()) -> Plant:

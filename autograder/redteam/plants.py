@@ -31,14 +31,19 @@ class Plant:
     why: str = ""
 
 
-def solved():
-    """The release with every solution cell filled in from the source."""
-    src, nb = nbu.read(SOURCE), nbu.read(RELEASE)
+def solved_from(source: Path, release: Path):
+    """An assignment's release with every solution cell filled in from its source."""
+    src, nb = nbu.read(source), nbu.read(release)
     answers = {nbu.grade_id(c): nbu.solution_text(c.source) for c in src.cells if nbu.is_solution(c)}
     for c in nb.cells:
         if nbu.grade_id(c) in answers:
             c.source = answers[nbu.grade_id(c)]
     return nb
+
+
+def solved():
+    """The EMA release with every solution cell filled in from the source."""
+    return solved_from(SOURCE, RELEASE)
 
 
 def blank():
