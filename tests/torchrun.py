@@ -14,13 +14,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def launch(script: str | Path, out: Path, nproc: int = 2, timeout: int = 300) -> None:
+def launch(script: str | Path, out: Path, nproc: int = 2, timeout: int = 300,
+           env: dict[str, str] | None = None) -> None:
     """``torchrun --standalone --nproc_per_node N script out``; fails the test on error or hang.
 
-    ACCELERATE_USE_CPU is removed: the trainer must join the gloo group by itself.
+    ACCELERATE_USE_CPU is removed: the trainer must join the gloo group by itself. ``env`` adds
+    variables for the ranks.
     """
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(nproc), str(script), str(out)]
     try:

@@ -7,6 +7,15 @@ network (``HF_HUB_OFFLINE=1``). Any Hugging Face model id or local path with an 
 Like Stable Diffusion's CLIP text encoder it is *frozen*: it is never trained, so each caption's
 embedding can be computed once and cached on disk (keyed by encoder, max length and caption).
 The empty caption "" is the unconditional input of classifier-free guidance.
+
+Each caption is encoded *alone*, so that its embedding is a function of the caption only. In a
+batch it would not be: a matrix product picks its kernel and blocking by the matrix sizes (MKL
+on the CPU), so one caption's numbers can round differently beside other captions, or padded to
+another length: up to 2e-6 here (tests/test_text_encoder.py). Which captions share a batch
+depends on what the cache already holds, and a resumed run starts with another cache than the
+uninterrupted run had at that step, so batched encoding broke bit-exact resume (the FSDP resume
+test on MKL's AVX2 branch, the one AMD EPYC runs). Alone costs ~10 ms a caption on one core,
+once per caption: a whole ``make train`` encodes about 735.
 """
 from __future__ import annotations
 
@@ -49,7 +58,8 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).to(self.device).eval().requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
-        key = hashlib.sha1(f"{name}|{max_length}".encode()).hexdigest()[:12]
+        # "alone": embeddings once computed in batches (another number) are never mixed in
+        key = hashlib.sha1(f"{name}|{max_length}|alone".encode()).hexdigest()[:12]
         self.cache_file = cache_dir(cache_name) / f"{key}.pt" if cache else None
         self._cache: dict[str, torch.Tensor] = {}
         self._dirty = False
@@ -61,21 +71,19 @@ class TextEncoder:
         self.hits = self.misses = 0
 
     @torch.no_grad()
-    def _run(self, captions: list[str]) -> list[torch.Tensor]:
-        tok = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length,
+    def embed(self, caption: str) -> torch.Tensor:
+        """One caption's token embeddings, computed alone (no padding): (n_tokens, D)."""
+        tok = self.tokenizer([caption], truncation=True, max_length=self.max_length,
                              return_tensors="pt").to(self.device)
-        hidden = self.model(**tok).last_hidden_state.float().cpu()
-        lengths = tok["attention_mask"].sum(dim=1).tolist()
-        return [h[:n].clone() for h, n in zip(hidden, lengths)]  # unpadded, (n_tokens, D)
+        return self.model(**tok).last_hidden_state[0].float().cpu()
 
-    def encode(self, captions: list[str], batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings and mask for ``captions``, through the cache."""
         todo = sorted({c for c in captions if c not in self._cache})
         self.hits += len(captions) - sum(c in todo for c in captions)
         self.misses += len(todo)
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i : i + batch_size]
-            self._cache.update(zip(chunk, self._run(chunk)))
+        for c in todo:
+            self._cache[c] = self.embed(c)
             self._dirty = True
         hidden = torch.zeros(len(captions), self.max_length, self.dim)
         mask = torch.zeros(len(captions), self.max_length, dtype=torch.bool)
