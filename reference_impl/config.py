@@ -162,6 +162,11 @@ class ParallelConfig:
     # the pipeline's training stages (pipeline/launch.py): 0 = one process per core (per GPU),
     # fewer if a batch would not divide; 1 = in the pipeline's own process
     pipeline_processes: int = bounded(0, lo=0, hi=64)
+    # torch threads for sampling and measuring while the other ranks wait or have exited
+    # (rank 0's validation; the pipeline's own process between its training runs): their cores
+    # are idle then (distributed/cores.py). 0 = as many as the pipeline has processes (1 outside
+    # the pipeline); k = k threads.
+    sampling_threads: int = bounded(0, lo=0, hi=256)
 
 
 @dataclass

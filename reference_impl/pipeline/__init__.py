@@ -29,6 +29,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, load_config
+from ..distributed import cores
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class Pipeline:
     # ------------------------------------------------------------------ running
     def run(self, from_stage: str | None = None, stop_after: str | None = None) -> list[str]:
         """Run the unfinished stages in order; returns the names of the stages that ran."""
-        from . import stages
+        from . import launch, stages
 
         if from_stage is not None:
             for name in STAGES[STAGES.index(from_stage):]:
@@ -154,7 +155,10 @@ class Pipeline:
             self._log(f"run {stage.name}")
             t0, self.current = time.perf_counter(), stage
             try:
-                metrics = getattr(stages, stage.name)(self, out)
+                # this process samples and measures only while no training rank runs: it may
+                # use every core the ranks use (distributed/cores.py)
+                with cores.threads(launch.sampling_threads(self.cfg)):
+                    metrics = getattr(stages, stage.name)(self, out)
             finally:
                 self.current = None
             unwritten = [w for w in stage.writes if not (out / w).exists()]

@@ -10,7 +10,9 @@ train the same model about twice as fast. So a training stage (pretrain, sft, dp
 
 and every rank executes the stage's ``train_*`` function of ``stages.py``; rank 0 writes its
 result to ``train_result.json``, which the pipeline reads back. The rest of the stage
-(sampling, measuring) stays in the pipeline's own process.
+(sampling, measuring) stays in the pipeline's own process, which runs it on N torch threads:
+no rank exists then, so their cores are free. Inside a training run, rank 0 also validates on
+N threads while the other ranks wait (``parallel.sampling_threads``, distributed/cores.py).
 
 ``train.batch_size`` is per process (docs/scaling.md), so each rank trains on 1/N of every
 global batch: N processes see the same images and noise as one process, and the stage numbers
@@ -31,6 +33,7 @@ import torch
 import yaml
 
 from ..config import Config, ConfigError, load_config, to_dict
+from ..distributed.cores import available_cores
 
 RESULT = "train_result.json"
 LAUNCH_CONFIG = "launch_config.yaml"
@@ -48,7 +51,7 @@ def num_processes(cfg: Config) -> int:
     """``parallel.pipeline_processes``, or (0) one per core / GPU, lowered until every global
     batch divides by it."""
     asked = cfg.parallel.pipeline_processes
-    n = asked or torch.cuda.device_count() or _cores()
+    n = asked or torch.cuda.device_count() or available_cores()
     if asked and any(b % n for b in global_batches(cfg)):
         raise ConfigError(f"parallel.pipeline_processes={n} does not divide the batch sizes "
                           f"{global_batches(cfg)}: each rank trains on an equal share")
@@ -57,16 +60,15 @@ def num_processes(cfg: Config) -> int:
     return n
 
 
-def _cores() -> int:
-    """The cores this process may run on (its affinity, where the OS reports one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def sampling_threads(cfg: Config, n: int | None = None) -> int:
+    """Threads for sampling while the ranks wait: ``parallel.sampling_threads``, or (0) one per
+    process."""
+    return cfg.parallel.sampling_threads or (num_processes(cfg) if n is None else n)
 
 
 def per_rank(cfg: Config, n: int) -> Config:
     """The config each of n ranks runs: every batch size divided by n (the global batch and
-    everything else unchanged)."""
+    everything else unchanged); rank 0 validates on n threads while the others wait."""
     t = cfg.train
     train = dataclasses.replace(
         t, batch_size=t.batch_size // n,
@@ -77,7 +79,8 @@ def per_rank(cfg: Config, n: int) -> Config:
         sft=dataclasses.replace(cfg.sft, batch_size=cfg.sft.batch_size // n),
         dpo=dataclasses.replace(cfg.dpo, batch_size=min(cfg.dpo.batch_size, cfg.dpo.num_pairs) // n),
         lora=dataclasses.replace(cfg.lora, batch_size=min(cfg.lora.batch_size,
-                                                          cfg.lora.num_images) // n))
+                                                          cfg.lora.num_images) // n),
+        parallel=dataclasses.replace(cfg.parallel, sampling_threads=sampling_threads(cfg, n)))
 
 
 def train(p, name: str, out: Path) -> dict:

@@ -42,6 +42,7 @@ from ..diffusion.objectives import DiffusionLoss, ForwardProcess
 from ..diffusion.sampling import sample_with_config
 from ..diffusion.schedule import make_scheduler
 from ..distributed import checkpoint as dcp_ckpt
+from ..distributed import cores
 from ..distributed import fsdp as fsdp_lib
 from ..models.exported import export_final
 from ..models.text_encoder import TextEncoder
@@ -339,8 +340,9 @@ class Trainer:
             ema_model = self.whole_models(raw=False)[0]  # under FSDP: a gather, all ranks
         if not self.is_main:
             return {}
-        out = self.validator.run(self.sample_fn(resolution, ema_model), step=self.step,
-                                 out_dir=self.run_dir / "samples")
+        with cores.threads(self.cfg.parallel.sampling_threads or 1):  # the waiting ranks' cores
+            out = self.validator.run(self.sample_fn(resolution, ema_model), step=self.step,
+                                     out_dir=self.run_dir / "samples")
         return {f"val/{k}": v for k, v in out.items() if isinstance(v, (int, float))}
 
     def _flops_per_image(self, stream: BatchStream) -> float | None:
@@ -429,7 +431,8 @@ class Trainer:
         final = {"step": self.step, "final": True}
         if self.validator is not None:
             final.update(self.validate(res, ema_model))
-            raw = self.validator.run(self.sample_fn(res, raw_model), step=self.step, out_dir=None)
+            with cores.threads(self.cfg.parallel.sampling_threads or 1):  # the others have exited
+                raw = self.validator.run(self.sample_fn(res, raw_model), step=self.step, out_dir=None)
             final.update({f"val_raw/{k}": v for k, v in raw.items() if isinstance(v, (int, float))})
             self._log(final, log_path, writer)
         self.export(self.run_dir, raw_model, ema_model, to_dict(self.cfg), self.noise_scheduler,
