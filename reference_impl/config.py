@@ -164,8 +164,8 @@ class ParallelConfig:
     pipeline_processes: int = bounded(0, lo=0, hi=64)
     # torch threads for sampling and measuring while the other ranks wait or have exited
     # (rank 0's validation; the pipeline's own process between its training runs): their cores
-    # are idle then (distributed/cores.py). 0 = as many as the pipeline has processes (1 outside
-    # the pipeline); k = k threads.
+    # are idle then (distributed/cores.py). k = k threads; 0 = in the pipeline one per process
+    # (so one process samples on one thread), outside it torch's count unchanged.
     sampling_threads: int = bounded(0, lo=0, hi=256)
 
 

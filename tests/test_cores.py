@@ -16,10 +16,17 @@ def test_threads_are_raised_in_the_block_and_restored_after():
     assert torch.get_num_threads() == saved
 
 
-def test_one_thread_or_more_than_the_cores_is_capped():
+def test_zero_leaves_the_count_one_pins_it_and_more_than_the_cores_is_capped():
     saved = torch.get_num_threads()
-    with cores.threads(1):
+    with cores.threads(0):
         assert torch.get_num_threads() == saved
+    torch.set_num_threads(2)  # torch's default on 2 cores (the suite pins 1)
+    try:
+        with cores.threads(1):  # the pipeline in one process: one thread, whatever the default
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
     with cores.threads(10_000):
         assert torch.get_num_threads() <= max(saved, cores.available_cores())
     assert torch.get_num_threads() == saved

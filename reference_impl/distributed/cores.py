@@ -28,11 +28,11 @@ def available_cores() -> int:
 
 @contextmanager
 def threads(n: int):
-    """Run the block with ``n`` torch threads (capped at the available cores), then restore the
-    count. ``n <= 1`` or a GPU run: nothing changes."""
+    """Run the block with exactly ``n`` torch threads (capped at the available cores), then
+    restore the count. ``n = 0``: the count is left as it is."""
     saved = torch.get_num_threads()
     n = min(n, available_cores())
-    if n > 1 and n != saved:
+    if n > 0 and n != saved:
         torch.set_num_threads(n)
     try:
         yield

@@ -340,7 +340,7 @@ class Trainer:
             ema_model = self.whole_models(raw=False)[0]  # under FSDP: a gather, all ranks
         if not self.is_main:
             return {}
-        with cores.threads(self.cfg.parallel.sampling_threads or 1):  # the waiting ranks' cores
+        with cores.threads(self.cfg.parallel.sampling_threads):  # the waiting ranks' cores
             out = self.validator.run(self.sample_fn(resolution, ema_model), step=self.step,
                                      out_dir=self.run_dir / "samples")
         return {f"val/{k}": v for k, v in out.items() if isinstance(v, (int, float))}
@@ -431,7 +431,7 @@ class Trainer:
         final = {"step": self.step, "final": True}
         if self.validator is not None:
             final.update(self.validate(res, ema_model))
-            with cores.threads(self.cfg.parallel.sampling_threads or 1):  # the others have exited
+            with cores.threads(self.cfg.parallel.sampling_threads):  # the others have exited
                 raw = self.validator.run(self.sample_fn(res, raw_model), step=self.step, out_dir=None)
             final.update({f"val_raw/{k}": v for k, v in raw.items() if isinstance(v, (int, float))})
             self._log(final, log_path, writer)
