@@ -22,6 +22,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -214,6 +215,11 @@ def _train(cfg: ProbeConfig, progress: bool) -> Probe:
 _LOADED: dict[tuple[str, str], Probe] = {}
 
 
+def probe_path(cfg: ProbeConfig) -> Path:
+    """Where the disk cache keeps the probe trained with ``cfg``."""
+    return cache_dir("probe") / f"probe-{cfg.key()}.pt"
+
+
 def get_probe(cfg: ProbeConfig | None = None, device: str | torch.device = "cpu",
               progress: bool = True) -> Probe:
     """The probe for ``cfg``: from this process, from the disk cache, or trained (~1 min)."""
@@ -221,7 +227,7 @@ def get_probe(cfg: ProbeConfig | None = None, device: str | torch.device = "cpu"
     key = (cfg.key(), str(device))
     if key in _LOADED:
         return _LOADED[key]
-    path = cache_dir("probe") / f"probe-{cfg.key()}.pt"
+    path = probe_path(cfg)
     with build_lock(path):  # a parallel process waits for this one's training, then loads
         probe = _load_or_train(cfg, path, progress)
     probe = probe.to(device).eval()

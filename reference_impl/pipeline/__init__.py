@@ -12,7 +12,8 @@ it declared, and a stage that does not write what it declared fails. Every stage
 
 A rerun skips every stage with a marker (resumable; the training stages also resume from their
 own checkpoints); ``--from-stage NAME`` deletes that stage and the later ones and runs them
-again. ``pipeline.log`` records which stages ran and which were skipped. The lifecycle's final
+again. ``pipeline.log`` records which stages ran and which were skipped. On a fresh cache
+with a second core, the evaluation probe trains there during the first stages (``warm.py``). The lifecycle's final
 model - the DPO model, with the LoRA adapter beside it in ``lora/`` - is exported to
 ``<output_dir>/final``, where ``sample`` and ``evaluate --checkpoint`` find it.
 """
@@ -131,7 +132,7 @@ class Pipeline:
     # ------------------------------------------------------------------ running
     def run(self, from_stage: str | None = None, stop_after: str | None = None) -> list[str]:
         """Run the unfinished stages in order; returns the names of the stages that ran."""
-        from . import launch, stages
+        from . import launch, warm
 
         if from_stage is not None:
             for name in STAGES[STAGES.index(from_stage):]:
@@ -139,6 +140,21 @@ class Pipeline:
                     shutil.rmtree(self.dir(name))
         ran = []
         last = STAGES.index(stop_after) if stop_after else len(STAGES) - 1
+        todo = [s for s in LIFECYCLE[: last + 1] if not (self.dir(s.name) / "DONE").exists()]
+        # a fresh cache: the evaluation probe trains on a second core during the first stages
+        probe_job = warm.start(launch.num_processes(self.cfg), self.root) if any(
+            s.name not in warm.OVERLAPPED for s in todo) else None
+        try:
+            self._run_stages(last, probe_job, ran)
+        finally:
+            warm.stop(probe_job)  # only still running if a stage failed before needing it
+        if "text" in self.cache:
+            self.cache["text"].save_cache()
+        return ran
+
+    def _run_stages(self, last: int, probe_job, ran: list[str]) -> None:
+        from . import launch, stages, warm
+
         bar = tqdm(LIFECYCLE[: last + 1], desc="pipeline", disable=not self.progress,
                    dynamic_ncols=True)
         for stage in bar:
@@ -151,6 +167,12 @@ class Pipeline:
             if missing:
                 raise RuntimeError(f"stage {stage.name} needs {missing}, which an earlier stage "
                                    "should have written; rerun with --from-stage of that stage")
+            if stage.name not in warm.OVERLAPPED and probe_job is not None \
+                    and probe_job.returncode is None:
+                t_wait = time.perf_counter()
+                warm.wait(probe_job, self.root)
+                self._log(f"waited {time.perf_counter() - t_wait:.1f} s for the evaluation "
+                          f"probe's training (exit {probe_job.returncode}, see {warm.LOG})")
             out.mkdir(parents=True, exist_ok=True)
             self._log(f"run {stage.name}")
             t0, self.current = time.perf_counter(), stage
@@ -168,9 +190,6 @@ class Pipeline:
             (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
             (out / "DONE").write_text("done\n")  # last: a stage without it reruns from scratch
             ran.append(stage.name)
-        if "text" in self.cache:
-            self.cache["text"].save_cache()
-        return ran
 
     def _exists(self, ref: str) -> bool:
         stage, name = ref.split("/", 1)
