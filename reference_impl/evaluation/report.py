@@ -111,6 +111,11 @@ NOTE = ("Domain-FID and prompt accuracy use the evaluation probe (features and a
         "the curation models. n = sample counts.")
 
 
+def _num(x) -> str:
+    """A measured fraction or score to three decimals; "n/a" where the stage did not measure it."""
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def headline(m: dict[str, dict]) -> list[tuple[str, str, int]]:
     """(measure, value, n) rows from the stages' metrics ``m[stage]``: what each stage is for."""
     cap, safety, pre, sft, lora = m["caption"], m["safety"], m["pretrain"], m["sft"], m["lora"]
@@ -127,11 +132,12 @@ def headline(m: dict[str, dict]) -> list[tuple[str, str, int]]:
          f"{cap['useful_before']:.3f} -> {cap['useful_after']:.3f}", cap["n"]),
         ("safety filter: unsafe dropped (recall) / precision",
          f"{safety['recall']:.3f} / {safety['precision']:.3f}", safety["total"]),
-        ("pre-training prompt accuracy (EMA, probe)", f"{pre.get('val/prompt_acc')}", pre["val_n"]),
+        ("pre-training prompt accuracy (EMA, probe)", _num(pre.get("val/prompt_acc")), pre["val_n"]),
         ("SFT aesthetic score before -> after",
          f"{sft['before']['aesthetic']:.3f} -> {sft['after']['aesthetic']:.3f}", sft["after"]["n"]),
         ("SFT prompt accuracy (kind+colour+background) before -> after",
-         f"{sft['before']['prompt_acc']} -> {sft['after']['prompt_acc']}", sft["after"]["n"]),
+         f"{_num(sft['before']['prompt_acc'])} -> {_num(sft['after']['prompt_acc'])}",
+         sft["after"]["n"]),
         ("DPO win rate vs SFT (judge), 95% Wilson CI",
          f"{w['win_rate']:.3f} [{w['ci95_low']:.3f}, {w['ci95_high']:.3f}]", w["n"]),
         *dpo_rows,
