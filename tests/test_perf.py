@@ -64,3 +64,34 @@ def test_sdpa_matches_classic_attention(tiny):
     with torch.no_grad():
         fused = tiny(x, t, h).sample
     torch.testing.assert_close(fused, classic, rtol=1e-4, atol=1e-5)
+
+
+def test_subnormals_flush_to_zero_only_inside_training():
+    """perf.flush_denormals: subnormal fp32 values read as zero inside, and as themselves after
+    (torch's default); on a non-CPU device it changes nothing."""
+    tiny_value = torch.tensor([1e-39])  # below fp32's smallest normal, 1.18e-38
+    assert float(tiny_value * 1.0) != 0.0
+    with perf.flush_denormals(torch.device("cpu")):
+        assert float(tiny_value * 1.0) == 0.0
+        assert float(torch.tensor([1e-30]) * 1.0) == pytest.approx(1e-30)  # normals untouched
+    assert float(tiny_value * 1.0) != 0.0
+    with perf.flush_denormals(torch.device("meta")):
+        assert float(tiny_value * 1.0) != 0.0
+
+
+def test_trainer_steps_run_with_subnormals_flushed(tmp_path):
+    """Every training step of Trainer.fit computes with subnormals as zero (the loss sees it)."""
+    from reference_impl.diffusion.objectives import DiffusionLoss
+    from reference_impl.training.trainer import Trainer
+
+    seen = []
+    inner = DiffusionLoss()
+
+    def loss(unet, batch, forward):
+        seen.append(float(torch.tensor([1e-39]) * 1.0))
+        return inner(unet, batch, forward)
+    cfg = load_config("ci", [f"output_dir={tmp_path}", "train.curriculum=[{steps: 2, resolution: 16}]",
+                             "train.batch_size=2", "train.validate_every=0"])
+    Trainer(cfg, progress=False, loss=loss).fit()
+    assert seen and set(seen) == {0.0}
+    assert float(torch.tensor([1e-39]) * 1.0) != 0.0  # restored after fit

@@ -13,6 +13,8 @@ the CPU, so the ``ci`` and ``laptop`` presets train exactly as before:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -61,3 +63,24 @@ def make_optimizer(params, lr: float, weight_decay: float, perf, device: torch.d
     fused = bool(perf.fused_adamw and on_cuda(device))
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
                              **({"fused": True} if fused else {}))
+
+
+@contextmanager
+def flush_denormals(device: torch.device):
+    """On the CPU, treat subnormal floats (|x| < 1.2e-38 in fp32) as zero while training.
+
+    x86 cores compute on subnormals through a microcode assist, tens of times slower than on
+    normal floats. A saturated loss makes them: in Diffusion-DPO a pair whose implicit reward
+    margin is large has gradient weight sigmoid(-margin), below 1e-38 once the margin passes
+    ~87, and that tiny weight flows back through the whole UNet. Measured in make train's DPO
+    stage (beta 12500, 2 ranks): steps ran at ~4 instead of ~22 img/s whenever that happened.
+    Flushing to zero (the FTZ/DAZ bits, ``torch.set_flush_denormal``) changes only values
+    below 1.2e-38, which contribute nothing measurable to an update. It is a per-thread
+    setting: it covers the training thread, which on the CPU is the thread that computes.
+    """
+    on = torch.device(device).type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if on:
+            torch.set_flush_denormal(False)  # torch's default

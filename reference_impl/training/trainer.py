@@ -370,38 +370,40 @@ class Trainer:
         bar = tqdm(total=end, initial=self.step, disable=not (self.progress and self.is_main),
                    desc=self.cfg.name, dynamic_ncols=True)
         world = self.accelerator.num_processes
-        while self.step < end:
-            self.stage_index = self._stage_at(self.step)
-            stage = tc.curriculum[self.stage_index]
-            stage_end = sum(s.steps for s in tc.curriculum[: self.stage_index + 1])
-            resume_batches = self.stage_batches if self.step > stage_end - stage.steps else 0
-            stream = BatchStream(self.dataset_fn(self.cfg.data, stage), self.cfg.data,
-                                 stage.batch_size or tc.batch_size, seed=self.cfg.seed + self.stage_index,
-                                 start_batch=resume_batches,
-                                 rank=self.accelerator.process_index, world_size=world)
-            meter = ThroughputMeter(self._flops_per_image(stream),
-                                    device_peak_flops(self.device), num_devices=world,
-                                    window=tc.log_every)
-            bar.set_postfix_str(f"stage {self.stage_index + 1}/{len(tc.curriculum)} @ {stage.resolution}px")
-            while self.step < min(stage_end, end):
-                rec = self.train_step(stream)
-                meter.update(rec.pop("_images") * world, rec.pop("_seconds"), rec.pop("_data_seconds"))
-                rec.update(stage=self.stage_index, resolution=stage.resolution)
-                bar.update(1)
-                last_of_stage = self.step == stage_end
-                if self.step % tc.log_every == 0 or last_of_stage or rec["skipped"]:
-                    rec.update({k: v for k, v in meter.summary().items() if v is not None})
-                    bar.set_postfix(loss=f"{rec['loss_ema'] or float('nan'):.4f}",
-                                    gnorm=f"{rec['grad_norm']:.2f}", img_s=f"{meter.images_per_s:.0f}")
-                    if tc.validate_every and self.step % tc.validate_every == 0:
-                        rec.update(self.validate(stage.resolution))
-                    self._log(rec, log_path, writer)
-                # never checkpoint in the middle of a run of non-finite steps: the last
-                # checkpoint must be a good one
-                if (self.step % tc.checkpoint_every == 0 or last_of_stage) \
-                        and self.health.bad_in_a_row == 0:
-                    self.save()
-            self.stage_batches = 0 if self.step == stage_end else self.stage_batches
+        # subnormal floats as zero while training: a saturated loss makes them (perf.py)
+        with perf.flush_denormals(self.device):
+            while self.step < end:
+                self.stage_index = self._stage_at(self.step)
+                stage = tc.curriculum[self.stage_index]
+                stage_end = sum(s.steps for s in tc.curriculum[: self.stage_index + 1])
+                resume_batches = self.stage_batches if self.step > stage_end - stage.steps else 0
+                stream = BatchStream(self.dataset_fn(self.cfg.data, stage), self.cfg.data,
+                                     stage.batch_size or tc.batch_size, seed=self.cfg.seed + self.stage_index,
+                                     start_batch=resume_batches,
+                                     rank=self.accelerator.process_index, world_size=world)
+                meter = ThroughputMeter(self._flops_per_image(stream),
+                                        device_peak_flops(self.device), num_devices=world,
+                                        window=tc.log_every)
+                bar.set_postfix_str(f"stage {self.stage_index + 1}/{len(tc.curriculum)} @ {stage.resolution}px")
+                while self.step < min(stage_end, end):
+                    rec = self.train_step(stream)
+                    meter.update(rec.pop("_images") * world, rec.pop("_seconds"), rec.pop("_data_seconds"))
+                    rec.update(stage=self.stage_index, resolution=stage.resolution)
+                    bar.update(1)
+                    last_of_stage = self.step == stage_end
+                    if self.step % tc.log_every == 0 or last_of_stage or rec["skipped"]:
+                        rec.update({k: v for k, v in meter.summary().items() if v is not None})
+                        bar.set_postfix(loss=f"{rec['loss_ema'] or float('nan'):.4f}",
+                                        gnorm=f"{rec['grad_norm']:.2f}", img_s=f"{meter.images_per_s:.0f}")
+                        if tc.validate_every and self.step % tc.validate_every == 0:
+                            rec.update(self.validate(stage.resolution))
+                        self._log(rec, log_path, writer)
+                    # never checkpoint in the middle of a run of non-finite steps: the last
+                    # checkpoint must be a good one
+                    if (self.step % tc.checkpoint_every == 0 or last_of_stage) \
+                            and self.health.bad_in_a_row == 0:
+                        self.save()
+                self.stage_batches = 0 if self.step == stage_end else self.stage_batches
         bar.close()
         if self.step >= self.total_steps:
             self.finish(writer, log_path)
