@@ -14,8 +14,10 @@ def test_second_process_trains_the_same_probe(tmp_path, monkeypatch):
     assert warm.start(1, tmp_path, TINY) is None  # one core: nothing to overlap
     job = warm.start(2, tmp_path, TINY)
     assert job is not None
-    warm.wait(job, tmp_path)
+    assert warm.wait(job, tmp_path) >= 0.0
     assert job.returncode == 0, (tmp_path / warm.LOG).read_text()
+    assert warm.wait(job, tmp_path) is None  # already waited for: nothing left to wait on
+    assert warm.wait(None, tmp_path) is None
     blob = torch.load(probe_path(TINY), weights_only=True)["state_dict"]
     here = train_probe(TINY, progress=False).state_dict()  # one thread, as a rank trains it
     assert blob.keys() == here.keys()

@@ -13,9 +13,9 @@ it declared, and a stage that does not write what it declared fails. Every stage
 A rerun skips every stage with a marker (resumable; the training stages also resume from their
 own checkpoints); ``--from-stage NAME`` deletes that stage and the later ones and runs them
 again. ``pipeline.log`` records which stages ran and which were skipped. On a fresh cache
-with a second core, the evaluation probe trains there during the first stages (``warm.py``). The lifecycle's final
-model - the DPO model, with the LoRA adapter beside it in ``lora/`` - is exported to
-``<output_dir>/final``, where ``sample`` and ``evaluate --checkpoint`` find it.
+with a second core, the evaluation probe trains there during the first stages (``warm.py``).
+The lifecycle's final model - the DPO model, with the LoRA adapter beside it in ``lora/`` - is
+exported to ``<output_dir>/final``, where ``sample`` and ``evaluate --checkpoint`` find it.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, load_config
 from ..distributed import cores
+from . import warm
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Pipeline:
     # ------------------------------------------------------------------ running
     def run(self, from_stage: str | None = None, stop_after: str | None = None) -> list[str]:
         """Run the unfinished stages in order; returns the names of the stages that ran."""
-        from . import launch, warm
+        from . import launch
 
         if from_stage is not None:
             for name in STAGES[STAGES.index(from_stage):]:
@@ -153,7 +154,7 @@ class Pipeline:
         return ran
 
     def _run_stages(self, last: int, probe_job, ran: list[str]) -> None:
-        from . import launch, stages, warm
+        from . import launch, stages
 
         bar = tqdm(LIFECYCLE[: last + 1], desc="pipeline", disable=not self.progress,
                    dynamic_ncols=True)
@@ -167,12 +168,10 @@ class Pipeline:
             if missing:
                 raise RuntimeError(f"stage {stage.name} needs {missing}, which an earlier stage "
                                    "should have written; rerun with --from-stage of that stage")
-            if stage.name not in warm.OVERLAPPED and probe_job is not None \
-                    and probe_job.returncode is None:
-                t_wait = time.perf_counter()
-                warm.wait(probe_job, self.root)
-                self._log(f"waited {time.perf_counter() - t_wait:.1f} s for the evaluation "
-                          f"probe's training (exit {probe_job.returncode}, see {warm.LOG})")
+            waited = None if stage.name in warm.OVERLAPPED else warm.wait(probe_job, self.root)
+            if waited is not None:
+                self._log(f"waited {waited:.1f} s for the evaluation probe's training "
+                          f"(exit {probe_job.returncode}, see {warm.LOG})")
             out.mkdir(parents=True, exist_ok=True)
             self._log(f"run {stage.name}")
             t0, self.current = time.perf_counter(), stage

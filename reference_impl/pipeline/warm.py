@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # the stages that never use the probe: they run while it trains
@@ -45,14 +46,17 @@ def start(processes: int, run_dir: Path, cfg=None) -> subprocess.Popen | None:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def wait(proc: subprocess.Popen | None, run_dir: Path) -> None:
-    """Wait for the probe's process; if it failed, say so (the probe is then trained where it
-    is first needed)."""
-    if proc is None:
-        return
+def wait(proc: subprocess.Popen | None, run_dir: Path) -> float | None:
+    """Wait for the probe's process; returns the seconds waited, or None if there was nothing
+    left to wait for (no process, or one already waited for). A failure is reported: the probe
+    is then trained where it is first needed."""
+    if proc is None or proc.returncode is not None:
+        return None
+    t0 = time.perf_counter()
     if proc.wait() != 0:
         print(f"training the evaluation probe in a second process failed (exit {proc.returncode}, "
               f"see {run_dir / LOG}); it is trained where it is first needed instead")
+    return time.perf_counter() - t0
 
 
 def stop(proc: subprocess.Popen | None) -> None:

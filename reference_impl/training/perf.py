@@ -72,13 +72,13 @@ def flush_denormals(device: torch.device):
     x86 cores compute on subnormals through a microcode assist, tens of times slower than on
     normal floats. A saturated loss makes them: in Diffusion-DPO a pair whose implicit reward
     margin is large has gradient weight sigmoid(-margin), below 1e-38 once the margin passes
-    ~87, and that tiny weight flows back through the whole UNet. Measured in make train's DPO
-    stage (beta 12500, 2 ranks): steps ran at ~4 instead of ~22 img/s whenever that happened.
+    ~87, and that tiny weight flows back through the whole UNet: in make train's DPO stage
+    (beta 12500, 2 ranks) such steps ran at ~4 instead of ~22 img/s.
     Flushing to zero (the FTZ/DAZ bits, ``torch.set_flush_denormal``) changes only values
-    below 1.2e-38, though that can move the rounding of a later sum. Measured (DPO stage,
-    beta 12500, 2 ranks): 262 -> 141 s; seed 1 came out bitwise equal, weights and all 120
-    losses; seed 0's losses moved by ~2e-5 relative from step 3, and one of its 96 judged
-    prompts became a tie. Pre-training and SFT were bitwise equal. It is a per-thread
+    below 1.2e-38, though that can move the rounding of a later sum. Measured there: the stage
+    took 141 s instead of 262 s; seed 1 came out bitwise equal (weights and all 120 losses),
+    seed 0's losses moved by ~2e-5 relative from step 3 and one of its 96 judged prompts
+    became a tie. Pre-training and SFT were bitwise equal. It is a per-thread
     setting: it covers the training thread, which on the CPU is the thread that computes.
     """
     on = torch.device(device).type == "cpu" and torch.set_flush_denormal(True)
