@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m reference_impl bench data|train [options] [--json]``.
+"""Benchmarks: ``python -m reference_impl bench data|train|speedrun [options] [--json]``.
 
 Timings live here, never in pass/fail tests. With ``--json`` the last line printed is one JSON
 object with the figures, so scripts and the README can quote them.
@@ -36,7 +36,7 @@ TARGETS["data"] = bench_data
 
 
 def add_arguments(p):
-    p.add_argument("target", choices=["data", "train"], help="what to measure")
+    p.add_argument("target", choices=["data", "train", "speedrun"], help="what to measure")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--num-images", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=1000)
@@ -46,6 +46,12 @@ def add_arguments(p):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--steps", type=int, default=20, help="timed steps for 'bench train'")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    sr = p.add_argument_group("speedrun (training/speedrun.py)")
+    sr.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    sr.add_argument("--label", default=None, help="the change this run measures (record table)")
+    sr.add_argument("--processes", type=int, default=None, help="ranks (default: one per core)")
+    sr.add_argument("--no-record", action="store_true", help="do not append to the runs file")
+    sr.add_argument("--render", action="store_true", help="rebuild docs/speedrun.md's table")
 
 
 def main(args) -> int:
@@ -53,6 +59,10 @@ def main(args) -> int:
         from .training import benchmark  # the pre-training engine registers this target
 
         TARGETS["train"] = benchmark.bench_train
+    if args.target == "speedrun":
+        from .training import speedrun
+
+        TARGETS["speedrun"] = speedrun.bench_speedrun
     result = TARGETS[args.target](args)
     if args.json:
         print(json.dumps(result))

@@ -1,10 +1,21 @@
-"""``python -m reference_impl train --config NAME_OR_PATH [--set k=v ...] [--resume]``."""
+"""``python -m reference_impl train --config NAME_OR_PATH [--set k=v ...] [--resume]``.
+
+On a machine with several cores (or GPUs) the command launches itself on every one of them
+(``distributed/launch.py``: torchrun, one thread per rank, the config's batch as the global
+batch), as ``make train``'s pre-training stage does; ``--processes 1`` trains in this process.
+"""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from ..config import load_config
+import yaml
+
+from ..config import load_config, to_dict
+from ..distributed import launch
 from .health import TrainingDiverged
+
+LAUNCH_CONFIG = "launch_config.yaml"
 
 
 def add_arguments(p) -> None:
@@ -16,6 +27,9 @@ def add_arguments(p) -> None:
                    help="stop after this many steps (the schedule still spans the whole run)")
     p.add_argument("--no-validation", action="store_true", help="skip the probe-based validation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--processes", type=int, default=None,
+                   help="ranks to train on (default: parallel.pipeline_processes, 0 = one per "
+                        "core or GPU); 1 trains in this process")
 
 
 def build_validator(cfg):
@@ -29,14 +43,40 @@ def build_validator(cfg):
                      num_reference=cfg.eval.reference_images)
 
 
+def relaunch(cfg, args, n: int) -> int:
+    """Run this command again on n ranks (torchrun), each with 1/n of every batch."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LAUNCH_CONFIG).write_text(yaml.safe_dump(to_dict(launch.per_rank(cfg, n)),
+                                                    sort_keys=False))
+    flags = [f for f, on in (("--resume", args.resume), ("--no-validation", args.no_validation),
+                             ("--no-progress", args.no_progress)) if on]
+    if args.stop_after_steps is not None:
+        flags += ["--stop-after-steps", str(args.stop_after_steps)]
+    print(f"{cfg.name}: training on {n} processes of one thread (global batch "
+          f"{cfg.train.batch_size}, {cfg.train.batch_size // n} per rank)", flush=True)
+    done = launch.torchrun(n, "reference_impl", ["train", "--config", str(out / LAUNCH_CONFIG),
+                                                 "--processes", "1", *flags])
+    return done.returncode
+
+
 def main(args) -> int:
     cfg = load_config(args.config, args.overrides)  # config errors stop here, before any work
+    if args.processes is not None:
+        if args.processes < 1:
+            print(f"--processes must be at least 1, got {args.processes}", file=sys.stderr)
+            return 2
+        cfg.parallel.pipeline_processes = args.processes
+    n = 1 if launch.is_launched() else launch.num_processes(cfg)
+    if n > 1:
+        return relaunch(cfg, args, n)
     from .trainer import Trainer
 
     validator = None if args.no_validation else build_validator(cfg)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress, validator=validator)
-    print(f"{cfg.name}: {trainer.n_params / 1e6:.2f} M trainable parameters, "
-          f"{trainer.total_steps} steps, output in {cfg.output_dir}")
+    if trainer.is_main:
+        print(f"{cfg.name}: {trainer.n_params / 1e6:.2f} M trainable parameters, "
+              f"{trainer.total_steps} steps, output in {cfg.output_dir}")
     try:
         trainer.fit(stop_after=args.stop_after_steps)
     except TrainingDiverged as e:

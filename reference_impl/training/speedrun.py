@@ -1,0 +1,192 @@
+"""The laptop speedrun: how fast can 2 CPU cores train a model that draws every prompt right?
+
+``python -m reference_impl bench speedrun --config laptop --seeds 0 1 2 [--label "..."]``
+
+The target was fixed on 2026-12-08, before any recipe change (issue 23), and never moves:
+
+* **Clock.** Wall time of ``python -m reference_impl train --config C --no-validation``, from
+  the command's start to its exported ``final/`` folder, with the command using every core on
+  its own (``distributed/launch.py``: 2 gloo ranks of one thread on a 2-core laptop). Training,
+  process start-up, imports, data and export count; evaluation does not (it runs afterwards,
+  below), nor does periodic validation, which ``--no-validation`` switches off.
+* **Bar.** The EMA weights of ``final/`` reach kind+colour+background prompt accuracy of at
+  least ``TARGET`` when the evaluation probe reads back ``EVAL_PROMPTS`` samples at
+  ``EVAL_RESOLUTION`` px, drawn from the validation prompts (balanced over kind, colour and
+  background) with the fixed seed ``EVAL_SEED`` and the run's own sampler settings.
+* **Evidence.** A record holds on every one of at least 3 training seeds (``seed``: the
+  initial weights, the noise and the batch order; the ShapesWorld data stay the same). Its time
+  is the slowest seed's. The domain-FID (probe features, ``EVAL_REFERENCE`` real images of the
+  same prompts) is reported beside it but is not part of the bar.
+
+Every run is appended to ``docs/speedrun/runs.jsonl`` (``--record``) with the commit, date and
+machine; ``--render`` rebuilds the tables of ``docs/speedrun.md`` from that file, so no number
+in the record table is typed by hand (modded-nanogpt's record table, each line with evidence).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import load_config
+
+TARGET = 0.9            # kind+colour+background prompt accuracy, EMA weights
+EVAL_PROMPTS = 96
+EVAL_RESOLUTION = 32
+EVAL_SEED = 1234
+EVAL_REFERENCE = 960    # real images for the domain-FID beside the bar
+MIN_SEEDS = 3
+RUNS = Path("docs/speedrun/runs.jsonl")
+PAGE = Path("docs/speedrun.md")
+TABLE_START, TABLE_END = "<!-- runs:start -->", "<!-- runs:end -->"
+
+
+def machine() -> str:
+    """'<CPU model>, <n> cores' (or the GPU's name): which machine a time was measured on."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from ..distributed.cores import available_cores
+    return f"{model}, {available_cores()} cores"
+
+
+def commit() -> str:
+    """The checkout's commit, '+' when the tree has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def timed_train(config: str, overrides: list[str], out: Path, processes: int | None) -> float:
+    """Run the ``train`` command as a user would; its wall seconds (the speedrun's clock)."""
+    cmd = [sys.executable, "-m", "reference_impl", "train", "--config", config,
+           "--no-validation", "--no-progress", "--set", f"output_dir={out}",
+           *[a for o in overrides for a in ("--set", o)]]
+    if processes is not None:
+        cmd += ["--processes", str(processes)]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, check=False)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0 or not (out / "final" / "unet_ema").is_dir():
+        raise RuntimeError(f"speedrun: training failed (exit {done.returncode}): {' '.join(cmd)}")
+    return seconds
+
+
+def evaluate_final(final: Path) -> dict:
+    """The bar's measurement of an exported model (EMA weights): accuracy and domain-FID."""
+    from ..diffusion.sampling import sample_checkpoint
+    from ..distributed.cores import available_cores, threads
+    from ..evaluation.probe import get_probe
+    from ..evaluation.validation import Validator
+
+    validator = Validator(get_probe(progress=False), EVAL_RESOLUTION, EVAL_PROMPTS,
+                          EVAL_SEED, EVAL_REFERENCE)
+    with threads(available_cores()), torch.no_grad():  # nothing else runs now
+        images = sample_checkpoint(final, list(validator.prompts), EVAL_SEED,
+                                   resolution=EVAL_RESOLUTION)
+    m = validator.measure(images)
+    return {"acc_kcb": m["prompt_acc/kind_colour_background"], "acc_all": m["prompt_acc"],
+            "fid": m["fid"], "n": EVAL_PROMPTS, "n_reference": EVAL_REFERENCE}
+
+
+def run(config: str, seeds: list[int], overrides: list[str], label: str,
+        processes: int | None = None, record: Path | None = RUNS) -> list[dict]:
+    """Train and measure ``config`` once per seed; each run's row (appended to ``record``)."""
+    cfg = load_config(config, overrides)  # a bad key fails here, before minutes of training
+    rows = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix="speedrun-") as tmp:
+            out = Path(tmp) / "run"
+            seconds = timed_train(config, [*overrides, f"seed={seed}"], out, processes)
+            metrics = evaluate_final(out / "final")
+        row = {"label": label, "config": config, "overrides": overrides, "seed": seed,
+               "steps": sum(s.steps for s in cfg.train.curriculum),
+               "train_seconds": round(seconds, 1), **metrics,
+               "meets_target": metrics["acc_kcb"] >= TARGET,
+               "commit": commit(), "date": dt.date.today().isoformat(), "machine": machine()}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if record is not None:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            with open(record, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """One line of the record table: a label's runs over its seeds."""
+    secs = [r["train_seconds"] for r in rows]
+    return {"label": rows[0]["label"], "seeds": len(rows),
+            "all_meet": all(r["meets_target"] for r in rows) and len(rows) >= MIN_SEEDS,
+            "slowest_s": max(secs), "mean_s": statistics.fmean(secs),
+            "acc_kcb": [r["acc_kcb"] for r in rows], "fid": [r["fid"] for r in rows],
+            "steps": rows[0]["steps"], "commit": rows[0]["commit"], "date": rows[0]["date"],
+            "machine": rows[0]["machine"], "overrides": rows[0]["overrides"],
+            "config": rows[0]["config"]}
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per label, in the order first run."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["label"], []).append(r)
+    header = ("| change | config | steps | seeds | train s, slowest (mean) | kind+colour+bg "
+              f"accuracy per seed (n={EVAL_PROMPTS}) | domain-FID per seed | all seeds >= "
+              f"{TARGET} | commit | date | machine |")
+    lines = [header, "|" + "---|" * 11]
+    for rs in groups.values():
+        s = summarize(rs)
+        acc = ", ".join(f"{a:.3f}" for a in s["acc_kcb"])
+        fid = ", ".join(f"{f:.0f}" for f in s["fid"])
+        extra = " ".join(f"`{o}`" for o in s["overrides"])
+        verdict = "yes" if s["all_meet"] else ("no" if s["seeds"] >= MIN_SEEDS or not all(
+            r["meets_target"] for r in rs) else f"pilot ({s['seeds']} seed)")
+        lines.append(f"| {s['label']} | `{s['config']}` {extra} | {s['steps']} | {s['seeds']} | "
+                     f"{s['slowest_s']:.0f} ({s['mean_s']:.0f}) | {acc} | {fid} | {verdict} | "
+                     f"{s['commit']} | {s['date']} | {s['machine']} |")
+    return "\n".join(lines)
+
+
+def render(record: Path = RUNS, page: Path = PAGE) -> None:
+    """Rewrite the table between the markers of ``page`` from ``record``."""
+    rows = [json.loads(x) for x in record.read_text().splitlines() if x.strip()]
+    text = page.read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise ValueError(f"{page} needs the markers {TABLE_START} and {TABLE_END}")
+    head, rest = text.split(TABLE_START, 1)
+    page.write_text(head + TABLE_START + "\n" + table(rows) + "\n" + TABLE_END
+                    + rest.split(TABLE_END, 1)[1])
+
+
+def bench_speedrun(args) -> dict:
+    """``bench speedrun``: time-to-target of ``--config`` over ``--seeds`` (or ``--render``)."""
+    if args.render:
+        render()
+        return {"benchmark": "speedrun", "rendered": str(PAGE)}
+    rows = run(args.config, args.seeds, args.overrides, args.label or args.config,
+               processes=args.processes, record=None if args.no_record else RUNS)
+    s = summarize(rows)
+    return {"benchmark": "speedrun", **{k: s[k] for k in (
+        "label", "seeds", "slowest_s", "mean_s", "acc_kcb", "fid", "all_meet", "machine")},
+            "target": f"kind+colour+background accuracy >= {TARGET} at {EVAL_RESOLUTION} px, "
+                      f"n={EVAL_PROMPTS}, on every one of >= {MIN_SEEDS} seeds"}
