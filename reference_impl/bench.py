@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -52,6 +53,14 @@ def add_arguments(p):
     sr.add_argument("--processes", type=int, default=None, help="ranks (default: one per core)")
     sr.add_argument("--no-record", action="store_true", help="do not append to the runs file")
     sr.add_argument("--render", action="store_true", help="rebuild docs/speedrun.md's table")
+    sr.add_argument("--runs-file", default="docs/speedrun/runs.jsonl", help="where rows go")
+    sr.add_argument("--evaluate", type=Path, default=None,
+                    help="only measure this exported final/ folder against the bar")
+    sr.add_argument("--sampler", choices=["ddim", "dpm"], default=None,
+                    help="--evaluate with this sampler instead of the run's")
+    sr.add_argument("--sample-steps", type=int, default=None, help="--evaluate: sampler steps")
+    sr.add_argument("--keep", type=Path, default=None,
+                    help="keep each seed's run folder under this folder (seed<k>/)")
 
 
 def main(args) -> int:

@@ -119,8 +119,10 @@ class TrainConfig:
     grad_accum: int = bounded(1, lo=1)
     lr: float = bounded(1e-3, lo=0.0)
     weight_decay: float = bounded(0.0, lo=0.0)
-    lr_schedule: str = choices("constant", "constant_with_warmup", "linear", "cosine",
+    lr_schedule: str = choices("constant", "constant_with_warmup", "linear", "cosine", "wsd",
                                default="cosine")
+    # wsd (training/lr_schedule.py): the share of the steps spent annealing the LR to zero
+    decay_fraction: float = bounded(0.2, lo=0.0, hi=1.0)
     warmup_steps: int = bounded(50, lo=0)
     max_grad_norm: float = bounded(1.0, lo=0.0)  # 0 disables clipping (the norm is still logged)
     ema_decay: float = bounded(0.999, lo=0.0, hi=0.999999)

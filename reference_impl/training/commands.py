@@ -1,14 +1,16 @@
 """``python -m reference_impl train --config NAME_OR_PATH [--set k=v ...] [--resume]``.
 
-On a machine with several cores (or GPUs) the command launches itself on every one of them
+On a CPU machine with several cores the command launches itself on every one of them
 (``distributed/launch.py``: torchrun, one thread per rank, the config's batch as the global
 batch), as ``make train``'s pre-training stage does; ``--processes 1`` trains in this process.
+On GPUs launch it with torchrun or accelerate (docs/scaling.md): there the batch is per GPU.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..config import load_config, to_dict
@@ -67,7 +69,8 @@ def main(args) -> int:
             print(f"--processes must be at least 1, got {args.processes}", file=sys.stderr)
             return 2
         cfg.parallel.pipeline_processes = args.processes
-    n = 1 if launch.is_launched() else launch.num_processes(cfg)
+    # on CPU cores only: GPU presets keep their documented per-GPU batch under torchrun
+    n = 1 if launch.is_launched() or torch.cuda.is_available() else launch.num_processes(cfg)
     if n > 1:
         return relaunch(cfg, args, n)
     from .trainer import Trainer

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ..config import load_config
+from ..distributed import launch
 
 TARGET = 0.9            # kind+colour+background prompt accuracy, EMA weights
 EVAL_PROMPTS = 96
@@ -92,8 +94,11 @@ def timed_train(config: str, overrides: list[str], out: Path, processes: int | N
     return seconds
 
 
-def evaluate_final(final: Path) -> dict:
-    """The bar's measurement of an exported model (EMA weights): accuracy and domain-FID."""
+def evaluate_final(final: Path, **sampler) -> dict:
+    """The bar's measurement of an exported model (EMA weights): accuracy and domain-FID.
+
+    ``sampler`` replaces the run's sampler settings (``sampler="dpm"``, ``steps=10``): the
+    sampler is a lever too, and costs no training time."""
     from ..diffusion.sampling import sample_checkpoint
     from ..distributed.cores import available_cores, threads
     from ..evaluation.probe import get_probe
@@ -103,24 +108,31 @@ def evaluate_final(final: Path) -> dict:
                           EVAL_SEED, EVAL_REFERENCE)
     with threads(available_cores()), torch.no_grad():  # nothing else runs now
         images = sample_checkpoint(final, list(validator.prompts), EVAL_SEED,
-                                   resolution=EVAL_RESOLUTION)
+                                   resolution=EVAL_RESOLUTION, **sampler)
     m = validator.measure(images)
     return {"acc_kcb": m["prompt_acc/kind_colour_background"], "acc_all": m["prompt_acc"],
             "fid": m["fid"], "n": EVAL_PROMPTS, "n_reference": EVAL_REFERENCE}
 
 
 def run(config: str, seeds: list[int], overrides: list[str], label: str,
-        processes: int | None = None, record: Path | None = RUNS) -> list[dict]:
-    """Train and measure ``config`` once per seed; each run's row (appended to ``record``)."""
+        processes: int | None = None, record: Path | None = RUNS,
+        keep: Path | None = None) -> list[dict]:
+    """Train and measure ``config`` once per seed; each run's row (appended to ``record``).
+
+    ``keep``: leave each seed's run folder in ``keep/seed<k>`` (else a scratch folder, removed).
+    """
     cfg = load_config(config, overrides)  # a bad key fails here, before minutes of training
+    n = processes or (1 if torch.cuda.is_available() else launch.num_processes(cfg))
     rows = []
     for seed in seeds:
-        with tempfile.TemporaryDirectory(prefix="speedrun-") as tmp:
-            out = Path(tmp) / "run"
-            seconds = timed_train(config, [*overrides, f"seed={seed}"], out, processes)
-            metrics = evaluate_final(out / "final")
+        out = keep / f"seed{seed}" if keep else Path(tempfile.mkdtemp(prefix="speedrun-")) / "run"
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run: never resume an older one
+        seconds = timed_train(config, [*overrides, f"seed={seed}"], out, processes)
+        metrics = evaluate_final(out / "final")
+        if not keep:
+            shutil.rmtree(out.parent, ignore_errors=True)
         row = {"label": label, "config": config, "overrides": overrides, "seed": seed,
-               "steps": sum(s.steps for s in cfg.train.curriculum),
+               "processes": n, "steps": sum(s.steps for s in cfg.train.curriculum),
                "train_seconds": round(seconds, 1), **metrics,
                "meets_target": metrics["acc_kcb"] >= TARGET,
                "commit": commit(), "date": dt.date.today().isoformat(), "machine": machine()}
@@ -142,6 +154,7 @@ def summarize(rows: list[dict]) -> dict:
             "acc_kcb": [r["acc_kcb"] for r in rows], "fid": [r["fid"] for r in rows],
             "steps": rows[0]["steps"], "commit": rows[0]["commit"], "date": rows[0]["date"],
             "machine": rows[0]["machine"], "overrides": rows[0]["overrides"],
+            "processes": rows[0].get("processes", 2),
             "config": rows[0]["config"]}
 
 
@@ -159,6 +172,8 @@ def table(rows: list[dict]) -> str:
         acc = ", ".join(f"{a:.3f}" for a in s["acc_kcb"])
         fid = ", ".join(f"{f:.0f}" for f in s["fid"])
         extra = " ".join(f"`{o}`" for o in s["overrides"])
+        if s["processes"] != 2:
+            extra += f" ({s['processes']} process{'es' if s['processes'] > 1 else ''})"
         verdict = "yes" if s["all_meet"] else ("no" if s["seeds"] >= MIN_SEEDS or not all(
             r["meets_target"] for r in rs) else f"pilot ({s['seeds']} seed)")
         lines.append(f"| {s['label']} | `{s['config']}` {extra} | {s['steps']} | {s['seeds']} | "
@@ -183,8 +198,14 @@ def bench_speedrun(args) -> dict:
     if args.render:
         render()
         return {"benchmark": "speedrun", "rendered": str(PAGE)}
+    if args.evaluate:  # an exported model again, perhaps with another sampler
+        sampler = {k: v for k, v in (("sampler", args.sampler), ("steps", args.sample_steps))
+                   if v is not None}
+        return {"benchmark": "speedrun", "final": str(args.evaluate), **sampler,
+                **evaluate_final(args.evaluate, **sampler)}
     rows = run(args.config, args.seeds, args.overrides, args.label or args.config,
-               processes=args.processes, record=None if args.no_record else RUNS)
+               processes=args.processes, record=None if args.no_record else Path(args.runs_file),
+               keep=args.keep)
     s = summarize(rows)
     return {"benchmark": "speedrun", **{k: s[k] for k in (
         "label", "seeds", "slowest_s", "mean_s", "acc_kcb", "fid", "all_meet", "machine")},

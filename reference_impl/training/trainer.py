@@ -33,7 +33,6 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from ..config import Config, to_dict
@@ -51,6 +50,7 @@ from . import checkpoint as ckpt
 from . import perf
 from .ema import EMA, ShardedEMA
 from .health import HealthMonitor
+from .lr_schedule import make_lr_schedule
 from .throughput import ThroughputMeter, device_peak_flops, training_step_flops
 
 NUM_T_BINS = 10  # per-timestep-bin loss: which noise levels are learned, and when
@@ -118,8 +118,8 @@ class Trainer:
         self.total_steps = sum(s.steps for s in t.curriculum)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = perf.make_optimizer(params, t.lr, t.weight_decay, cfg.perf, self.device)
-        lr_sched = get_scheduler(t.lr_schedule, optimizer, num_warmup_steps=t.warmup_steps,
-                                 num_training_steps=self.total_steps)
+        lr_sched = make_lr_schedule(optimizer, t.lr_schedule, t.warmup_steps, self.total_steps,
+                                    t.decay_fraction)
         ema_schedule = {"decay": t.ema_decay, "use_warmup": t.ema_warmup, "power": t.ema_power}
         if self.fsdp:
             # already sharded: accelerate must not wrap it in DDP as well. Its optimizer wrapper
