@@ -59,6 +59,7 @@ def add_arguments(p):
     sr.add_argument("--sampler", choices=["ddim", "dpm"], default=None,
                     help="--evaluate with this sampler instead of the run's")
     sr.add_argument("--sample-steps", type=int, default=None, help="--evaluate: sampler steps")
+    sr.add_argument("--guidance", type=float, default=None, help="--evaluate: guidance scale")
     sr.add_argument("--keep", type=Path, default=None,
                     help="keep each seed's run folder under this folder (seed<k>/)")
 

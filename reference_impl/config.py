@@ -90,6 +90,9 @@ class DiffusionConfig:
     prediction_type: str = choices("epsilon", "v_prediction", "sample", default="epsilon")
     min_snr_gamma: float = bounded(5.0, lo=0.0)  # 0 disables min-SNR weighting
     noise_offset: float = bounded(0.0, lo=0.0, hi=1.0)
+    # training timesteps: uniform (0), or logit-normal with this std (diffusion/objectives.py)
+    logit_normal_std: float = bounded(0.0, lo=0.0)
+    logit_normal_mean: float = 0.0
     caption_dropout: float = bounded(0.1, lo=0.0, hi=1.0)
     sampler: str = choices("ddim", "dpm", default="ddim")
     # which timesteps the sampler visits (diffusion/sampling.py; Lin et al. 2024, sec. 3.3);

@@ -64,6 +64,8 @@ def test_pipeline_end_to_end_and_resume(run):
     assert (stages / "08_lora" / "adapter" / "pytorch_lora_weights.safetensors").exists()
     report = (out / "report.md").read_text()
     assert all(f"{i:02d} {s}" in report for i, s in enumerate(STAGES[:-1]))
+    total = sum(m[s]["seconds"] for s in STAGES[:-1])
+    assert f"| **pipeline (sum of the stages)** | **{total:.1f}**" in report  # make train's time
     html = (out / "report.html").read_text()
     assert "<table>" in html and "DPO win rate" in html and "<img" in html
 

@@ -75,6 +75,19 @@ def sample_noise(shape: tuple, offset: float = 0.0, generator: torch.Generator |
     return noise
 
 
+def sample_timesteps(n: int, num_train_timesteps: int, generator: torch.Generator | None = None,
+                     logit_normal_std: float = 0.0, logit_normal_mean: float = 0.0) -> torch.Tensor:
+    """n training timesteps (long, in [0, T)): uniform, or logit-normal when ``logit_normal_std``
+    > 0: u ~ N(mean, std), t = floor(sigmoid(u) * T) (Esser et al. 2024, "Scaling Rectified
+    Flow Transformers", arXiv 2403.03206, sec. 3.1, eq. 19). Logit-normal spends the steps on
+    the middle noise levels, where layout, shape and colour are decided, and few on the nearly
+    clean and the nearly pure-noise ends."""
+    if logit_normal_std <= 0:
+        return torch.randint(0, num_train_timesteps, (n,), generator=generator)
+    u = torch.randn(n, generator=generator) * logit_normal_std + logit_normal_mean
+    return (torch.sigmoid(u) * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
+
+
 def drop_captions(captions: list[str], p: float, generator: torch.Generator | None = None,
                   rank: int = 0, world_size: int = 1) -> list[str]:
     """Replace each caption by "" with probability p, so one network learns both the
@@ -143,7 +156,8 @@ class ForwardProcess:
         hidden, mask = self.text.encode(list(captions) * repeat)
         shape = (gb, *x0.shape[1:])
         noise = sample_noise(shape, d.noise_offset, self.gen)[self.rank::self.world]
-        t = torch.randint(0, d.num_train_timesteps, (gb,), generator=self.gen)[self.rank::self.world]
+        t = sample_timesteps(gb, d.num_train_timesteps, self.gen, d.logit_normal_std,
+                             d.logit_normal_mean)[self.rank::self.world]
         if repeat > 1:
             noise, t = noise.repeat(repeat, 1, 1, 1), t.repeat(repeat)
         noise, t = noise.to(self.device), t.to(self.device)

@@ -152,6 +152,14 @@ def headline(m: dict[str, dict]) -> list[tuple[str, str, int]]:
     ]
 
 
+def stage_times(m: dict[str, dict]) -> list[tuple[str, str]]:
+    """(stage, seconds) rows from each stage's measured ``seconds``, then the pipeline's total
+    (the report stage itself is not in it: it is writing this)."""
+    rows = [(stage, f"{x['seconds']:.1f}") for stage, x in m.items() if "seconds" in x]
+    total = sum(x["seconds"] for x in m.values() if "seconds" in x)
+    return [*rows, ("**pipeline (sum of the stages)**", f"**{total:.1f}** ({total / 60:.1f} min)")]
+
+
 def markdown_table(header: tuple[str, ...], rows) -> list[str]:
     """A Markdown table; ``|`` inside a cell is escaped so it cannot split the row."""
     def cells(row):
@@ -178,7 +186,8 @@ def lifecycle_report(root: str | Path, name: str, metrics: dict[str, dict],
     metrics (as JSON) and figures (paths relative to ``root``). Returns both paths."""
     root = Path(root)
     lines = [f"# Lifecycle report: {name}", "", NOTE, "",
-             *markdown_table(("measure", "value", "n"), headline(metrics)), ""]
+             *markdown_table(("measure", "value", "n"), headline(metrics)), "",
+             "## Time", "", *markdown_table(("stage", "seconds"), stage_times(metrics)), ""]
     for i, (stage, m) in enumerate(metrics.items()):
         lines += [f"## {i:02d} {stage}", "", "```", json.dumps(m, indent=1), "```", ""]
         lines += [f"![{png.stem}]({png.relative_to(root)})" for png in figures.get(stage, [])]
