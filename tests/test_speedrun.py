@@ -36,7 +36,7 @@ def test_train_command_launches_itself_on_two_processes(tmp_path):
                           "--set", f"output_dir={tmp_path}"], cwd=REPO, capture_output=True,
                          text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "training on 2 processes" in out.stdout
+    assert "training on 2 processes" in out.stdout and "[8, 8]" in out.stdout
     per_rank = yaml.safe_load((tmp_path / "launch_config.yaml").read_text())
     assert per_rank["train"]["batch_size"] == load_config("ci").train.batch_size // 2
     assert (tmp_path / "final" / "unet_ema" / "config.json").exists()
@@ -71,8 +71,9 @@ def test_a_record_needs_every_one_of_three_seeds_and_counts_the_slowest(tmp_path
     assert not speedrun.summarize(rows[6:])["all_meet"]  # too few seeds for a record
     runs, page = tmp_path / "runs.jsonl", tmp_path / "page.md"
     runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    page.write_text(f"intro\n{speedrun.TABLE_START}\nold\n{speedrun.TABLE_END}\nafter\n")
-    speedrun.render(runs, page)
+    start, end = speedrun.markers("runs")
+    page.write_text(f"intro\n{start}\nold\n{end}\nafter\n")
+    speedrun.render(page, {"runs": runs})
     text = page.read_text()
     lines = {ln.split(" | ")[0][2:]: ln for ln in text.splitlines() if ln.startswith("| ")}
     assert "| yes |" in lines["fast"] and "| no |" in lines["one miss"]

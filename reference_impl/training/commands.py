@@ -55,8 +55,9 @@ def relaunch(cfg, args, n: int) -> int:
                              ("--no-progress", args.no_progress)) if on]
     if args.stop_after_steps is not None:
         flags += ["--stop-after-steps", str(args.stop_after_steps)]
-    print(f"{cfg.name}: training on {n} processes of one thread (global batch "
-          f"{cfg.train.batch_size}, {cfg.train.batch_size // n} per rank)", flush=True)
+    batches = [s.batch_size or cfg.train.batch_size for s in cfg.train.curriculum]
+    print(f"{cfg.name}: training on {n} processes of one thread (global batch per stage "
+          f"{batches}, 1/{n} of it per rank)", flush=True)
     done = launch.torchrun(n, "reference_impl", ["train", "--config", str(out / LAUNCH_CONFIG),
                                                  "--processes", "1", *flags])
     return done.returncode

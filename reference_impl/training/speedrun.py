@@ -18,9 +18,10 @@ The target was fixed on 2026-12-08, before any recipe change (issue 23), and nev
   is the slowest seed's. The domain-FID (probe features, ``EVAL_REFERENCE`` real images of the
   same prompts) is reported beside it but is not part of the bar.
 
-Every run is appended to ``docs/speedrun/runs.jsonl`` (``--record``) with the commit, date and
-machine; ``--render`` rebuilds the tables of ``docs/speedrun.md`` from that file, so no number
-in the record table is typed by hand (modded-nanogpt's record table, each line with evidence).
+Every run is appended to ``docs/speedrun/runs.jsonl`` (``--runs-file``; one-process pilots go
+to ``pilots.jsonl``) with the commit, date and machine; ``--render`` rebuilds the tables of
+``docs/speedrun.md`` from those files, so no number in them is typed by hand (modded-nanogpt's
+record table, each line with its evidence).
 """
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ EVAL_RESOLUTION = 32
 EVAL_SEED = 1234
 EVAL_REFERENCE = 960    # real images for the domain-FID beside the bar
 MIN_SEEDS = 3
-RUNS = Path("docs/speedrun/runs.jsonl")
+RUNS = Path("docs/speedrun/runs.jsonl")      # records and tries: 2 ranks, the real clock
+PILOTS = Path("docs/speedrun/pilots.jsonl")  # one seed, one process: what is worth 3 seeds
 PAGE = Path("docs/speedrun.md")
-TABLE_START, TABLE_END = "<!-- runs:start -->", "<!-- runs:end -->"
 
 
 def machine() -> str:
@@ -92,6 +93,17 @@ def timed_train(config: str, overrides: list[str], out: Path, processes: int | N
     if done.returncode != 0 or not (out / "final" / "unet_ema").is_dir():
         raise RuntimeError(f"speedrun: training failed (exit {done.returncode}): {' '.join(cmd)}")
     return seconds
+
+
+def throughput(run_dir: Path) -> dict[str, float]:
+    """Median training images/s per resolution from a run's metrics.jsonl: the machine's speed
+    during the run, so a slow sitting shows beside its time (this VM's speed drifts)."""
+    per: dict[int, list[float]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("images_per_s") and r.get("resolution"):
+            per.setdefault(r["resolution"], []).append(r["images_per_s"])
+    return {f"img_s_{res}px": round(statistics.median(v), 1) for res, v in sorted(per.items())}
 
 
 def warm_caption_cache(cfg) -> int:
@@ -154,6 +166,7 @@ def run(config: str, seeds: list[int], overrides: list[str], label: str,
         seconds = timed_train(config, [*overrides, f"seed={seed}"], out, processes)
         metrics = evaluate_final(out / "final", threads_n=n,
                                  grid=out / "speedrun_samples.png" if keep else None)
+        metrics.update(throughput(out))
         if not keep:
             shutil.rmtree(out.parent, ignore_errors=True)
         row = {"label": label, "config": config, "overrides": overrides, "seed": seed,
@@ -190,8 +203,8 @@ def table(rows: list[dict]) -> str:
         groups.setdefault(r["label"], []).append(r)
     header = ("| change | config | steps | seeds | train s, slowest (mean) | kind+colour+bg "
               f"accuracy per seed (n={EVAL_PROMPTS}) | domain-FID per seed | all seeds >= "
-              f"{TARGET} | commit | date | machine |")
-    lines = [header, "|" + "---|" * 11]
+              f"{TARGET} | img/s at 16 / 32 px per seed (median) | commit | date | machine |")
+    lines = [header, "|" + "---|" * 12]
     for rs in groups.values():
         s = summarize(rs)
         acc = ", ".join(f"{a:.3f}" for a in s["acc_kcb"])
@@ -201,21 +214,70 @@ def table(rows: list[dict]) -> str:
             extra += f" ({s['processes']} process{'es' if s['processes'] > 1 else ''})"
         verdict = "yes" if s["all_meet"] else ("no" if s["seeds"] >= MIN_SEEDS or not all(
             r["meets_target"] for r in rs) else f"pilot ({s['seeds']} seed)")
+        speed = ", ".join(f"{r.get('img_s_16px', '?')} / {r.get('img_s_32px', '?')}" for r in rs)
         lines.append(f"| {s['label']} | `{s['config']}` {extra} | {s['steps']} | {s['seeds']} | "
                      f"{s['slowest_s']:.0f} ({s['mean_s']:.0f}) | {acc} | {fid} | {verdict} | "
-                     f"{s['commit']} | {s['date']} | {s['machine']} |")
+                     f"{speed} | {s['commit']} | {s['date']} | {s['machine']} |")
     return "\n".join(lines)
 
 
-def render(record: Path = RUNS, page: Path = PAGE) -> None:
-    """Rewrite the table between the markers of ``page`` from ``record``."""
-    rows = [json.loads(x) for x in record.read_text().splitlines() if x.strip()]
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def render(page: Path = PAGE, tables: dict[str, Path] | None = None) -> None:
+    """Rewrite each table of ``page`` (between ``<!-- name:start/end -->``) from its runs file."""
+    tables = tables or {"runs": RUNS, "pilots": PILOTS}
     text = page.read_text()
-    if TABLE_START not in text or TABLE_END not in text:
-        raise ValueError(f"{page} needs the markers {TABLE_START} and {TABLE_END}")
-    head, rest = text.split(TABLE_START, 1)
-    page.write_text(head + TABLE_START + "\n" + table(rows) + "\n" + TABLE_END
-                    + rest.split(TABLE_END, 1)[1])
+    for name, record in tables.items():
+        start, end = markers(name)
+        if start not in text or end not in text:
+            raise ValueError(f"{page} needs the markers {start} and {end}")
+        rows = [json.loads(x) for x in record.read_text().splitlines() if x.strip()]
+        head, rest = text.split(start, 1)
+        text = head + start + "\n" + table(rows) + "\n" + end + rest.split(end, 1)[1]
+    page.write_text(text)
+    if set(tables) == {"runs", "pilots"}:  # the page's figure: every run of both files
+        everything = [json.loads(x) for p in tables.values()
+                      for x in p.read_text().splitlines() if x.strip()]
+        plot(everything, page.parent / "speedrun" / "accuracy.png")
+
+
+def images_seen(row: dict) -> tuple[int, int]:
+    """(images at 16 px or below, images above) a run trained on, from its config."""
+    cfg = load_config(row["config"], row["overrides"])
+    low = sum(st.steps * (st.batch_size or cfg.train.batch_size)
+              for st in cfg.train.curriculum if st.resolution <= 16)
+    high = sum(st.steps * (st.batch_size or cfg.train.batch_size)
+               for st in cfg.train.curriculum if st.resolution > 16)
+    return low, high
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """What the tries show: each attribute's accuracy against the images a run trained on at
+    16 px (x) and at 32 px (colour). Kind is the attribute the short runs miss."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
+    seen = [images_seen(r) for r in rows]
+    for ax, attr in zip(axes, ("kind", "colour", "background")):
+        have = [(lo, hi, r) for (lo, hi), r in zip(seen, rows) if f"acc_{attr}" in r]
+        dots = ax.scatter([lo / 1000 for lo, _, _ in have], [r[f"acc_{attr}"] for *_, r in have],
+                          c=[hi / 1000 for _, hi, _ in have], cmap="viridis", vmin=0,
+                          vmax=max(hi for _, hi in seen) / 1000, s=40,
+                          edgecolors=["k" if r["meets_target"] else "none" for *_, r in have])
+        ax.axhline(TARGET, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{attr} (n={EVAL_PROMPTS} prompts a run)", fontsize=10)
+        ax.set_xlabel("thousand images trained at 16 px")
+    axes[0].set_ylabel("accuracy read back by the probe")
+    axes[0].set_ylim(0, 1.03)
+    fig.colorbar(dots, ax=axes, label="thousand images at 32 px")
+    fig.suptitle("Every try and pilot (black edge: met the bar, kind+colour+background >= "
+                 f"{TARGET})", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
 
 
 def bench_speedrun(args) -> dict:
