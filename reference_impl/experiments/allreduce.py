@@ -223,8 +223,11 @@ def summarize(s: Summary) -> Outcome:
         verdict, why = "not reproduced", f"bytes exact, but the model explains only R^2 = {fit['r2_log']:.3f}"
     else:
         verdict, why = "inconclusive", "bytes exact; alpha or beta's interval reaches 0"
-    why += (f"; the laptop's gloo loopback moves {1e-9 / fit['beta']:.2f} GB/s per link, "
-            f"{anchor_ratio:.0f}x less than NCCL's ~370 GB/s busbw on 8xH100 NVLink")
+    if fit["beta"] > 0:
+        why += (f"; the laptop's gloo loopback moves {1e-9 / fit['beta']:.2f} GB/s per link, "
+                f"{anchor_ratio:.0f}x less than NCCL's ~370 GB/s busbw on 8xH100 NVLink")
+    else:  # timing noise on a busy machine can tilt a short fit below zero
+        why += "; the fitted beta is not positive, so no bandwidth or extrapolation is derived"
     # diagnostic, not part of the rule: the model fitted to each world alone. More processes
     # than cores share them, and a rank waiting for a message is then scheduled late
     per_world = {}
@@ -251,7 +254,9 @@ def extrapolation(fit: dict, settings: dict) -> dict:
     """
     sizes = [DDP_BUCKET, 4 * settings["gradient_params"]]
     gpus = settings["extrapolate"]
-    laptop = cm.extrapolate(gpus, sizes, fit["alpha"], fit["beta"])
+    # a fit with alpha or beta <= 0 is not a network: nothing to extrapolate from it
+    physical = fit["alpha"] > 0 and fit["beta"] > 0
+    laptop = cm.extrapolate(gpus, sizes, fit["alpha"], fit["beta"]) if physical else []
     h100 = cm.extrapolate(gpus, sizes, ASSUMED_NVLINK_ALPHA, 1 / NCCL_H100_BUSBW)
     return {"sizes": sizes, "gpus": gpus, "laptop": laptop, "h100_bandwidth": h100,
             "h100_alpha_assumed": ASSUMED_NVLINK_ALPHA}
@@ -312,6 +317,10 @@ def plot_extrapolation(tables, path) -> str:
     for ax, key, title in ((axes[0], "laptop", "laptop alpha, beta"),
                            (axes[1], "h100_bandwidth", "assumed 5 us alpha, NVLink beta (370 GB/s)")):
         rows = [r for r in tables[key] if r["bytes"] == tables["sizes"][0]]
+        if not rows:
+            ax.set_title(f"{title}: no physical fit (alpha or beta <= 0)")
+            ax.axis("off")
+            continue
         g = [r["gpus"] for r in rows]
         ax.plot(g, [r["ring_latency_s"] for r in rows], "o-", label="ring: latency term")
         ax.plot(g, [r["ring_bandwidth_s"] for r in rows], "s-", label="ring: bandwidth term")
