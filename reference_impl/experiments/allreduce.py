@@ -281,9 +281,10 @@ def plot_times(worlds, fit, path) -> str:
             x = [r["bytes"] for r in rows]
             ax.plot(x, [np.median(r["times"]) for r in rows], mk, color=f"C{k}",
                     label=f"N={w['n']}, {'our ring' if algo == 'ring' else 'gloo all_reduce'}")
-        xs = np.geomspace(4, max(r["bytes"] for r in w["rows"]), 50)
-        ax.plot(xs, [cm.ring_time(w["n"], x, fit["alpha"], fit["beta"]) for x in xs], ":",
-                color=f"C{k}", alpha=0.6)
+        if fit["alpha"] > 0 and fit["beta"] > 0:  # no curve from a fit that is not a network
+            xs = np.geomspace(4, max(r["bytes"] for r in w["rows"]), 50)
+            ax.plot(xs, [cm.ring_time(w["n"], x, fit["alpha"], fit["beta"]) for x in xs], ":",
+                    color=f"C{k}", alpha=0.6)
     ax.set(xscale="log", yscale="log", xlabel="message size (bytes)", ylabel="seconds (median)",
            title="all-reduce time on gloo (dotted: fitted alpha-beta)")
     ax.legend(fontsize=7)
