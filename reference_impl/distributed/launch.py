@@ -70,9 +70,18 @@ def per_rank(cfg: Config, n: int) -> Config:
         parallel=dataclasses.replace(cfg.parallel, sampling_threads=sampling_threads(cfg, n)))
 
 
+LAUNCH_CONFIG = "launch_config.yaml"  # the per-rank config a launched run reads
+
+
 def is_launched() -> bool:
     """True inside a rank that torchrun (or accelerate launch) started."""
     return "WORLD_SIZE" in os.environ
+
+
+def self_launch_processes(cfg: Config) -> int:
+    """How many ranks ``train`` starts by itself: one per CPU core (``num_processes``); 1 inside
+    a launched rank, or on GPUs, where presets keep their per-GPU batch under torchrun."""
+    return 1 if is_launched() or torch.cuda.is_available() else num_processes(cfg)
 
 
 def torchrun(n: int, module: str, args: list[str], env: dict[str, str] | None = None,

@@ -29,6 +29,7 @@ import yaml
 
 from ..config import load_config, to_dict
 from ..distributed.launch import (  # noqa: F401  (re-exported: the pipeline's names for them)
+    LAUNCH_CONFIG,
     global_batches,
     num_processes,
     per_rank,
@@ -37,7 +38,6 @@ from ..distributed.launch import (  # noqa: F401  (re-exported: the pipeline's n
 )
 
 RESULT = "train_result.json"
-LAUNCH_CONFIG = "launch_config.yaml"
 
 
 def train(p, name: str, out: Path) -> dict:

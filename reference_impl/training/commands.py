@@ -10,14 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from ..config import load_config, to_dict
 from ..distributed import launch
 from .health import TrainingDiverged
-
-LAUNCH_CONFIG = "launch_config.yaml"
 
 
 def add_arguments(p) -> None:
@@ -49,7 +46,7 @@ def relaunch(cfg, args, n: int) -> int:
     """Run this command again on n ranks (torchrun), each with 1/n of every batch."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / LAUNCH_CONFIG).write_text(yaml.safe_dump(to_dict(launch.per_rank(cfg, n)),
+    (out / launch.LAUNCH_CONFIG).write_text(yaml.safe_dump(to_dict(launch.per_rank(cfg, n)),
                                                     sort_keys=False))
     flags = [f for f, on in (("--resume", args.resume), ("--no-validation", args.no_validation),
                              ("--no-progress", args.no_progress)) if on]
@@ -58,7 +55,7 @@ def relaunch(cfg, args, n: int) -> int:
     batches = [s.batch_size or cfg.train.batch_size for s in cfg.train.curriculum]
     print(f"{cfg.name}: training on {n} processes of one thread (global batch per stage "
           f"{batches}, 1/{n} of it per rank)", flush=True)
-    done = launch.torchrun(n, "reference_impl", ["train", "--config", str(out / LAUNCH_CONFIG),
+    done = launch.torchrun(n, "reference_impl", ["train", "--config", str(out / launch.LAUNCH_CONFIG),
                                                  "--processes", "1", *flags])
     return done.returncode
 
@@ -70,8 +67,7 @@ def main(args) -> int:
             print(f"--processes must be at least 1, got {args.processes}", file=sys.stderr)
             return 2
         cfg.parallel.pipeline_processes = args.processes
-    # on CPU cores only: GPU presets keep their documented per-GPU batch under torchrun
-    n = 1 if launch.is_launched() or torch.cuda.is_available() else launch.num_processes(cfg)
+    n = launch.self_launch_processes(cfg)
     if n > 1:
         return relaunch(cfg, args, n)
     from .trainer import Trainer

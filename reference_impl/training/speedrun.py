@@ -157,7 +157,7 @@ def run(config: str, seeds: list[int], overrides: list[str], label: str,
     ``keep``: leave each seed's run folder in ``keep/seed<k>`` (else a scratch folder, removed).
     """
     cfg = load_config(config, overrides)  # a bad key fails here, before minutes of training
-    n = processes or (1 if torch.cuda.is_available() else launch.num_processes(cfg))
+    n = processes or launch.self_launch_processes(cfg)
     warm_caption_cache(cfg)
     rows = []
     for seed in seeds:
