@@ -40,6 +40,66 @@ def test_result_schema(toy):
     assert again.to_dict() == res.to_dict()
 
 
+def test_rows_decide_direction_size_and_constraint_apart(toy):
+    res = runner.run_experiment("toy", "fast", workers=1, progress=False)
+    assert res.gate_met and res.gate[0]["value"] == pytest.approx(21.0) and res.gate[0]["met"]
+    kinds = [(r.kind, r.verdict) for r in res.rows]
+    # speed-up about 1.9 [1.83, 2.0]: above 1, and smaller than the "published" 3
+    assert kinds == [("claim", "reproduced"), ("size", "smaller"), ("constraint", "held")]
+    assert res.verdict == res.rows[0].verdict and res.headline == res.rows[0].measured
+    assert res.date and res.rule_fixed == "2026-12-08"
+
+
+def test_a_gate_not_met_makes_every_row_underpowered(toy, monkeypatch):
+    import dataclasses
+
+    import toy_experiment
+
+    hard = dataclasses.replace(toy_experiment.EXPERIMENT,
+                               gates=(runner.Gate("slow arm: mean steps", "slow_steps", ">=", 1e4),))
+    monkeypatch.setattr(toy_experiment, "EXPERIMENT", hard)
+    res = runner.run_experiment("toy", "fast", workers=1, progress=False)
+    assert not res.gate_met and res.verdict == "underpowered"
+    assert {r.verdict for r in res.rows} == {"underpowered"}
+    assert "measured 21" in res.reason and ">= 10000" in res.reason
+    assert res.arm("slow").value == pytest.approx(21.0)  # the numbers stay as measured
+
+
+def test_no_gate_declared_is_underpowered_and_a_missing_gate_value_is_an_error(toy, monkeypatch):
+    import dataclasses
+
+    import toy_experiment
+
+    monkeypatch.setattr(toy_experiment, "EXPERIMENT",
+                        dataclasses.replace(toy_experiment.EXPERIMENT, gates=()))
+    assert runner.run_experiment("toy", "fast", workers=1, progress=False).verdict == "underpowered"
+    monkeypatch.setattr(toy_experiment, "EXPERIMENT", dataclasses.replace(
+        toy_experiment.EXPERIMENT, gates=(runner.Gate("x", "not_reported", ">=", 1.0),)))
+    with pytest.raises(ValueError, match="no value for its gate 'not_reported'"):
+        runner.run_experiment("toy", "fast", workers=1, progress=False, force=True)
+
+
+def test_size_and_constraint_rules_equal_their_definitions():
+    from reference_impl.evaluation.stats import check_constraint, compare_size
+
+    assert compare_size(1.27, 1.58, 3.4)[0] == "smaller"
+    assert compare_size(3.0, 3.8, 3.4)[0] == "consistent"
+    assert compare_size(3.5, 3.8, 3.4)[0] == "larger"
+    assert check_constraint(0.01, 0.04, 0.05)[0] == "held"
+    assert check_constraint(0.03, 0.09, 0.05)[0] == "inconclusive"  # the point 0.058 decides nothing
+    assert check_constraint(0.06, 0.09, 0.05)[0] == "violated"
+    assert check_constraint(0.9, 0.99, 0.8, "above")[0] == "held"
+
+
+def test_every_experiment_declares_a_gate_or_why_not_and_the_date_of_its_rule():
+    import datetime
+
+    for name in runner.names():
+        exp = runner.get(name)
+        assert exp.gates or exp.gate_note, f"{name}: no competence gate and no reason for none"
+        datetime.date.fromisoformat(exp.rule_fixed)  # an ISO date, not empty
+
+
 def test_cache_hit_and_force(toy):
     runner.run_experiment("toy", "fast", workers=1, progress=False)
     assert len(calls(toy)) == 6
@@ -86,10 +146,27 @@ def test_results_page_has_a_claim_a_value_and_a_verdict_per_row(toy, tmp_path):
     page = write_page([res], tmp_path / "docs")
     summary = page.read_text().split("\n## ")[0]  # the one-row-per-claim table
     rows = [l for l in summary.splitlines() if l.startswith("| ") and "---" not in l][1:]
-    assert len(rows) == 1
+    assert len(rows) == 3  # the claim, then its size and its side constraint as rows of their own
+    assert rows[1].startswith("| ↳ size against the published 3 |") and "| **smaller** |" in rows[1]
     claim, value, verdict, lecture, fig = [c.strip() for c in rows[0].strip("|").split("|")]
     assert claim == res.claim and "n=3 seeds" in value and verdict == "reproduced"
     assert "00_painter_analogy" in lecture and (tmp_path / "docs" / fig.split("(")[1][:-1]).exists()
+    text = page.read_text()
+    assert "**Competence gate.** met: slow arm: mean steps >= 15: measured 21" in text
+    assert "| size against the published 3 |" in text and "Rule changed" not in text
+
+
+def test_results_page_says_when_a_rule_changed_after_the_run(toy, tmp_path, monkeypatch):
+    import dataclasses
+
+    import toy_experiment
+
+    res = runner.run_experiment("toy", "fast", workers=1, progress=False)
+    monkeypatch.setattr(toy_experiment, "EXPERIMENT", dataclasses.replace(
+        toy_experiment.EXPERIMENT, rule="a new rule", rule_fixed="2999-01-01"))
+    text = write_page([res], tmp_path / "docs").read_text()
+    assert "**Rule changed.** the rule was changed after this run (now: a new rule)" in text
+    assert "dated 2999-01-01, after this run" in text
 
 
 def test_cli_unknown_name_lists_the_known_ones():

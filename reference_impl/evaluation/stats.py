@@ -111,3 +111,44 @@ def decide(lo: float, hi: float, null: float, direction: str = "above",
         return "not reproduced", (f"the 95% interval {span} lies within {null:g} +- "
                                   f"{equivalence:g}: no effect of that size")
     return "inconclusive", f"the 95% interval {span} contains {null:g}"
+
+
+SIZES = ("consistent", "smaller", "larger")
+CONSTRAINTS = ("held", "violated", "inconclusive")
+
+
+def compare_size(lo: float, hi: float, published: float) -> tuple[str, str]:
+    """How a measured effect's size stands against a published one. Returns (verdict, reason).
+
+    'consistent': the 95% interval contains the published value; 'smaller' / 'larger': the whole
+    interval lies below / above it. The direction of an effect and its size are separate
+    questions: a 1.4x speed-up [1.27, 1.58] reproduces "faster" and is smaller than 3.4x.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "consistent", "no interval: the size cannot be compared (too few seeds or samples)"
+    span = f"[{lo:.3g}, {hi:.3g}]"
+    if hi < published:
+        return "smaller", f"the 95% interval {span} lies below the published {published:.3g}"
+    if lo > published:
+        return "larger", f"the 95% interval {span} lies above the published {published:.3g}"
+    return "consistent", f"the 95% interval {span} contains the published {published:.3g}"
+
+
+def check_constraint(lo: float, hi: float, limit: float, direction: str = "below") -> tuple[str, str]:
+    """A side constraint on a paired difference (an accuracy drop at most 0.05, a weight gap
+    below 1e-5). Returns (verdict, reason): 'held' when the whole 95% interval is on the
+    allowed side of ``limit`` ('below' or 'above' it), 'violated' when it is wholly on the
+    other side, otherwise 'inconclusive' - never a point value compared with the limit.
+    """
+    if direction not in ("above", "below"):
+        raise ValueError(f"direction must be 'above' or 'below', got {direction!r}")
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "inconclusive", "no interval (too few seeds or samples to estimate the spread)"
+    span = f"[{lo:.3g}, {hi:.3g}]"
+    inside = hi < limit if direction == "below" else lo > limit
+    outside = lo > limit if direction == "below" else hi < limit
+    if inside:
+        return "held", f"the 95% interval {span} lies {direction} {limit:g}"
+    if outside:
+        return "violated", f"the 95% interval {span} lies beyond {limit:g}"
+    return "inconclusive", f"the 95% interval {span} contains {limit:g}"

@@ -36,9 +36,16 @@ def describe(res) -> str:
     width = max(len(a.name) for a in res.arms)
     for a in res.arms:
         lines.append(f"  {a.name:<{width}}  {a.metric}: {a.text()}  [{a.interval}]")
+    if res.gate or res.gate_note:
+        lines += ["", "gate:"] + ([f"  none: {res.gate_note}"] if not res.gate else [
+            f"  {'met    ' if g['met'] else 'NOT MET'}  {g['what']} {g['op']} {g['threshold']:g}: "
+            f"measured {g['value']:.3g}" if g["key"] else f"  NOT MET  {g['what']}"
+            for g in res.gate])
     lines += ["", f"headline: {res.headline.metric}: {res.headline.text()}",
-              f"verdict:  {res.verdict.upper()} - {res.reason}",
-              (f"wall time: {res.wall_s:.0f} s ({res.units_cached} of {len(res.unit_seconds)} "
+              f"verdict:  {res.verdict.upper()} - {res.reason}"]
+    lines += [f"  {row.label}: {row.measured.text()} -> {row.verdict.upper()} - {row.reason}"
+              for row in res.rows[1:]]
+    lines += [(f"wall time: {res.wall_s:.0f} s ({res.units_cached} of {len(res.unit_seconds)} "
                f"runs from the cache; the runs took {sum(res.unit_seconds):.0f} s of worker "
                "time when computed)")]
     lines += [f"figure:   {f}" for f in res.figures]

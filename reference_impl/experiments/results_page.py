@@ -13,10 +13,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from .runner import SCALES, ExperimentError, Result, names, run_experiment
+from .runner import EXPERIMENTS, SCALES, ExperimentError, Result, get, names, run_experiment
 
 BADGE = {"reproduced": "reproduced", "not reproduced": "**not reproduced**",
-         "inconclusive": "*inconclusive*"}
+         "inconclusive": "*inconclusive*", "underpowered": "*underpowered*",
+         "consistent": "consistent", "smaller": "**smaller**", "larger": "**larger**",
+         "held": "held", "violated": "**violated**"}
 
 
 def add_arguments(p) -> None:
@@ -32,6 +34,40 @@ def add_arguments(p) -> None:
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def rule_changes(r: Result) -> list[str]:
+    """What changed in the experiment's rule or gate since this result was measured."""
+    if r.name not in EXPERIMENTS:
+        return []
+    exp, notes = get(r.name), []
+    if exp.rule != r.rule:
+        notes.append(f"the rule was changed after this run (now: {exp.rule})")
+    if exp.rule_fixed and r.date and exp.rule_fixed > r.date[:10]:
+        notes.append(f"the rule is dated {exp.rule_fixed}, after this run of {r.date[:10]}")
+    gates = [g["key"] for g in r.gate if g["key"]]
+    if [g.key for g in exp.gates] != gates:
+        notes.append("the competence gate was changed after this run")
+    return notes
+
+
+def gate_text(r: Result) -> str:
+    """'met: a >= 0.6: measured 0.93; ...', or why the experiment has no gate."""
+    if not r.gate:
+        return f"none ({r.gate_note})" if r.gate_note else "none"
+    parts = [f"{g['what']} {g['op']} {g['threshold']:g}: measured {g['value']:.3g}"
+             if g["key"] else g["what"] for g in r.gate]
+    return ("met" if r.gate_met else "**not met**") + ": " + "; ".join(parts)
+
+
+def rows_table(r: Result) -> str:
+    """The result's decided questions as a Markdown table, headline first."""
+    rows = r.rows or []
+    lines = ["| question | measured [95% interval] (n) | rule | verdict |", "|---|---|---|---|"]
+    lines += [f"| {_cell(w.label)} | {_cell(w.measured.metric)}: {_cell(w.measured.text())} "
+              f"| {_cell(w.rule)} | {BADGE.get(w.verdict, w.verdict)}: {_cell(w.reason)} |"
+              for w in rows]
+    return "\n".join(lines)
 
 
 def write_page(results: list[Result], out: Path, note: str | None = None) -> Path:
@@ -64,18 +100,28 @@ def write_page(results: list[Result], out: Path, note: str | None = None) -> Pat
         fig = f"[{Path(figs[r.name][0]).stem}]({figs[r.name][0]})" if figs[r.name] else ""
         lines.append(f"| {_cell(r.claim)} | {_cell(r.headline.metric)}: {_cell(r.headline.text())} "
                      f"| {BADGE[r.verdict]} | `lectures/{r.lecture}.ipynb` | {fig} |")
+        for w in r.rows[1:]:  # the claim's other questions, each with its own verdict
+            lines.append(f"| ↳ {_cell(w.label)} | {_cell(w.measured.metric)}: "
+                         f"{_cell(w.measured.text())} | {BADGE.get(w.verdict, w.verdict)} | | |")
     for r in results:
         m = r.machine
+        dated = f" (fixed {r.rule_fixed})" if r.rule_fixed else ""
+        changed = rule_changes(r)
         lines += ["", f"## `{r.name}`", "", f"**Claim.** {r.claim}", "",
-                  f"**Rule (fixed before the run).** {r.rule}", "",
+                  f"**Rule{dated}.** {r.rule}", "",
+                  *([f"**Rule changed.** {'; '.join(changed)}.", ""] if changed else []),
+                  f"**Competence gate.** {gate_text(r)}", "",
                   f"**Published anchor.** {r.anchor}", "", r.table(), "",
+                  *([rows_table(r), ""] if r.rows else []),
                   f"**Verdict: {r.verdict}.** {r.reason}", "",
                   (f"Scale {r.scale}, seeds {r.seeds}; {len(r.unit_seconds)} runs that took "
                   f"{sum(r.unit_seconds) / 60:.1f} min of worker time in all (each run's own wall "
                   f"clock, summed; two workers share the wall clock); this page's computation "
                   f"{r.wall_s / 60:.1f} min with {r.units_cached} runs loaded from the cache; "
                   f"{m.get('cpus')} cores ({m.get('processor')}, torch {m.get('torch')}); "
-                  f"config key `{r.config_key}`."), ""]
+                  f"config key `{r.config_key}`"
+                  + (f"; measured {r.date[:10]} at commit `{r.commit}`" if r.date else "")
+                  + "."), ""]
         lines += [f"![{r.name}]({f})" for f in figs[r.name]]
     page = out / "results.md"
     page.write_text("\n".join(lines) + "\n")

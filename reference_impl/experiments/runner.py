@@ -1,11 +1,24 @@
 """The experiment runner: one claim of the course, its arms, its seeds, an honest verdict.
 
 An experiment (one file per claim in this folder) is an ``Experiment``: the claim in one
-sentence, the rule that will decide it - written down *before* the run - and three functions:
+sentence, the rule that will decide it and the *competence gate* its baseline must pass - both
+written down, with the date they were fixed, *before* the run - and three functions:
 
   units(settings, seeds)        -> [{"arm": ..., "seed": ..., ...}]   the independent runs
   run_unit(unit, settings)      -> {...}                              plain JSON numbers
-  summarize(Summary)            -> Outcome(arms, headline, verdict, reason, figures, details)
+  summarize(Summary)            -> Outcome(arms, headline, verdict, reason, figures, details,
+                                           rows, gate_values)
+
+Why a gate: a comparison between two models that never learned to draw says nothing about
+drawing (blobs beat noise). Each ``Gate`` names a number the baseline must reach (the control
+arm's prompt accuracy at least 0.6, say); ``summarize`` reports the measured value in
+``gate_values``, and the runner checks it. A gate that is not met turns every verdict into
+**underpowered**, with the numbers kept: never reproduced, not reproduced or inconclusive.
+
+Why rows: one experiment may decide several questions, and each gets its own rule and verdict
+(``Row``): a sub-claim, the *direction* of an effect, its *size* against the published one
+("1.4x [1.27, 1.58] against 3.4x: smaller"), or a *side constraint* (an accuracy drop, a
+weight gap) decided on its own paired interval, never by silently flipping the headline.
 
 The runner does the rest: it caches every unit on disk (keyed by the experiment, its version,
 the scale's settings and the unit), so an interrupted run loses at most the unit in flight; it
@@ -18,6 +31,7 @@ for is never reused.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import importlib
 import importlib.util
 import json
@@ -33,11 +47,16 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..evaluation.stats import CONSTRAINTS, SIZES, check_constraint, compare_size, decide
 from ..paths import cache_dir, content_hash
 
 SCALES = ("fast", "full")
 MAX_SEEDS = 10
-VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+UNDERPOWERED = "underpowered"  # the gate was not met: the comparison cannot decide anything
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", UNDERPOWERED)
+# what each kind of row may conclude (evaluation/stats.py decides, compare_size, check_constraint)
+ROW_VERDICTS = {"claim": VERDICTS, "size": SIZES + (UNDERPOWERED,),
+                "constraint": CONSTRAINTS + (UNDERPOWERED,)}
 
 
 @dataclass
@@ -68,9 +87,74 @@ def _fmt(x, digits: int) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:.3e}"
 
 
+@dataclass(frozen=True)
+class Gate:
+    """What the baseline must reach for the comparison to mean anything; fixed before the run.
+
+    ``summarize`` reports the measured value as ``Outcome.gate_values[key]``.
+    """
+
+    what: str  # "control arm: kind+colour+background prompt accuracy at 32 px (n=96 prompts)"
+    key: str
+    op: str  # ">=" or "<="
+    threshold: float
+
+    def __post_init__(self):
+        if self.op not in (">=", "<="):
+            raise ValueError(f"gate {self.key!r}: op must be '>=' or '<=', got {self.op!r}")
+
+    def met(self, value: float) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        return value >= self.threshold if self.op == ">=" else value <= self.threshold
+
+    def text(self, value: float | None = None) -> str:
+        need = f"{self.what} {self.op} {self.threshold:g}"
+        return need if value is None else f"{need}: measured {_fmt(value, 3)}"
+
+
+@dataclass
+class Row:
+    """One decided question: a sub-claim, the direction of an effect ("claim"), its size
+    against a published value ("size"), or a side constraint ("constraint")."""
+
+    label: str  # "direction", "size against the published 3.4x", "accuracy drop at most 0.05"
+    kind: str  # claim | size | constraint
+    measured: Arm
+    rule: str
+    verdict: str
+    reason: str
+
+
+def claim_row(label: str, arm: Arm, null: float, direction: str = "above",
+              equivalence: float | None = None, rule: str | None = None) -> Row:
+    """A claim (or an effect's direction) decided by where ``arm``'s interval lies (stats.decide)."""
+    verdict, reason = decide(arm.lo, arm.hi, null, direction, equivalence)
+    rule = rule or (f"reproduced if the 95% interval lies {direction} {null:g}"
+                    + (f"; not reproduced if it lies within {null:g} +- {equivalence:g}"
+                       if equivalence is not None else ""))
+    return Row(label, "claim", arm, rule, verdict, reason)
+
+
+def size_row(arm: Arm, published: float, source: str = "published") -> Row:
+    """The size of an effect against the published one (stats.compare_size)."""
+    verdict, reason = compare_size(arm.lo, arm.hi, published)
+    return Row(f"size against the {source} {published:g}", "size", arm,
+               f"consistent if the 95% interval contains {published:g}; else smaller or larger",
+               verdict, reason)
+
+
+def constraint_row(label: str, arm: Arm, limit: float, direction: str = "below") -> Row:
+    """A side constraint on a paired difference (stats.check_constraint)."""
+    verdict, reason = check_constraint(arm.lo, arm.hi, limit, direction)
+    return Row(label, "constraint", arm,
+               f"held if the 95% interval lies {direction} {limit:g}", verdict, reason)
+
+
 @dataclass
 class Outcome:
-    """What ``summarize`` returns."""
+    """What ``summarize`` returns. ``rows`` decide the experiment's questions, headline first;
+    without rows, (headline, verdict, reason) is its one row."""
 
     arms: list[Arm]
     headline: Arm  # the one number of the results page
@@ -78,6 +162,8 @@ class Outcome:
     reason: str
     figures: list[str] = field(default_factory=list)  # paths inside the figure folder given
     details: dict = field(default_factory=dict)  # tables the lecture may show
+    rows: list[Row] = field(default_factory=list)
+    gate_values: dict[str, float] = field(default_factory=dict)  # Gate.key -> measured value
 
 
 @dataclass
@@ -114,6 +200,11 @@ class Experiment:
     run_unit: Callable[[dict, dict], dict]
     summarize: Callable[[Summary], Outcome]
     version: int = 1  # bump when the measurement changes: old caches stop matching
+    # the competence gate; an experiment that measures a system rather than a model (a
+    # network's cost, a memory formula) has none and says why in ``gate_note``
+    gates: tuple[Gate, ...] = ()
+    gate_note: str = ""
+    rule_fixed: str = ""  # ISO date the rule and the gate were fixed (before the run)
 
 
 @dataclass
@@ -138,6 +229,13 @@ class Result:
     details: dict
     machine: dict
     cached: bool = False
+    rows: list[Row] = field(default_factory=list)
+    gate: list[dict] = field(default_factory=list)  # {what, key, op, threshold, value, met}
+    gate_met: bool = True
+    gate_note: str = ""
+    rule_fixed: str = ""
+    date: str = ""  # when it was measured (UTC, ISO)
+    commit: str = ""  # the code it was measured with
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,6 +245,7 @@ class Result:
         d = dict(d)
         d["arms"] = [Arm(**a) for a in d["arms"]]
         d["headline"] = Arm(**d["headline"])
+        d["rows"] = [Row(**{**r, "measured": Arm(**r["measured"])}) for r in d.get("rows", [])]
         return cls(**d)
 
     def arm(self, name: str) -> Arm:
@@ -283,6 +382,47 @@ def _run_units(exp: Experiment, scale: str, units: list[dict], force: bool, work
     return outputs, seconds, len(units) - len(todo)  # type: ignore[return-value]
 
 
+def decide_rows(exp: Experiment, outcome: Outcome) -> tuple[list[Row], list[dict], bool]:
+    """The rows (headline first), the gate's record and whether it was met. A gate not met
+    makes every row underpowered; its reason keeps the numbers."""
+    rows = outcome.rows or [Row("claim", "claim", outcome.headline, exp.rule, outcome.verdict,
+                                outcome.reason)]
+    for r in rows:
+        if r.kind not in ROW_VERDICTS or r.verdict not in ROW_VERDICTS[r.kind]:
+            raise ValueError(f"{exp.name}: row {r.label!r} of kind {r.kind!r} has verdict "
+                             f"{r.verdict!r}; allowed: {ROW_VERDICTS.get(r.kind)}")
+    record = []
+    for g in exp.gates:
+        if g.key not in outcome.gate_values:
+            raise ValueError(f"{exp.name}: summarize reported no value for its gate {g.key!r}")
+        value = float(outcome.gate_values[g.key])
+        record.append({**dataclasses.asdict(g), "value": value, "met": g.met(value)})
+    if not exp.gates and not exp.gate_note:
+        record.append({"what": "a competence gate (none declared)", "key": "", "op": "",
+                       "threshold": math.nan, "value": math.nan, "met": False})
+    met = all(g["met"] for g in record)
+    if not met:
+        failed = "; ".join(
+            f"{g['what']} {g['op']} {g['threshold']:g}: measured {_fmt(g['value'], 3)}"
+            if g["key"] else g["what"] for g in record if not g["met"])
+        rows = [dataclasses.replace(r, verdict=UNDERPOWERED,
+                                    reason=f"the competence gate was not met ({failed}), so this "
+                                           f"comparison decides nothing; the numbers stand as "
+                                           f"measured") for r in rows]
+    return rows, record, met
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=10, check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def machine() -> dict:
     import torch
 
@@ -320,13 +460,16 @@ def run_experiment(name: str, scale: str = "fast", seeds: int | None = None, for
     outcome = exp.summarize(Summary(units, outputs, exp.scales[scale], scale, seed_ids, fig_dir))
     if outcome.verdict not in VERDICTS:
         raise ValueError(f"{name}: verdict {outcome.verdict!r} is not one of {VERDICTS}")
+    rows, gate, met = decide_rows(exp, outcome)
     wall = time.perf_counter() - t0  # this run's; units loaded from their cache cost ~0 here
     res = Result(name=name, claim=exp.claim, rule=exp.rule, lecture=exp.lecture,
                  anchor=exp.anchor, scale=scale, seeds=seed_ids, config=config, config_key=key,
-                 arms=outcome.arms, headline=outcome.headline, verdict=outcome.verdict,
-                 reason=outcome.reason, figures=[str(fig_dir / f) for f in outcome.figures],
+                 arms=outcome.arms, headline=rows[0].measured, verdict=rows[0].verdict,
+                 reason=rows[0].reason, figures=[str(fig_dir / f) for f in outcome.figures],
                  wall_s=wall, unit_seconds=unit_seconds, units_cached=n_cached, details=outcome.details,
-                 machine=machine())
+                 machine=machine(), rows=rows, gate=gate, gate_met=met, gate_note=exp.gate_note,
+                 rule_fixed=exp.rule_fixed, commit=_commit(),
+                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res.to_dict(), indent=1, default=float))
     tmp.replace(path)
