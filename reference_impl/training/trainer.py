@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -358,8 +359,30 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         return flops / 2
 
-    def fit(self, stop_after: int | None = None) -> list[dict]:
-        """Train through the curriculum (or ``stop_after`` more steps); returns the log."""
+    def fit(self, stop_after: int | None = None,
+            on_step: Callable[[Trainer, dict], None] | None = None) -> list[dict]:
+        """Train through the curriculum (or ``stop_after`` more steps); returns the log.
+
+        ``on_step(trainer, rec)``, if given, is called once after every optimizer step - a
+        skipped (non-finite) one too - when the step is done: its EMA update, log record,
+        validation and checkpoint. It is how a caller records something per step (an
+        experiment's weight snapshots, its own copy of every step's record) without a loop of
+        its own. ``rec`` is the step's log record, a flat dict of Python scalars:
+          step                steps done, now ``trainer.step`` (1, 2, ... in order, each once)
+          loss, grad_norm     the step's mean loss over micro-batches and ranks; the gradient
+                              norm before clipping
+          lr                  the LR after the schedule's step (the LR of the next step)
+          ema_decay           the decay the EMA folded in with (None: update skipped)
+          skipped, spike      the health monitor's verdict; loss_ema, loss_std its statistics
+          loss_t/i            mean MSE of the step's samples in timestep bin i (of NUM_T_BINS)
+          stage, resolution   the curriculum stage (index) and its resolution
+        plus the loss's own float stats (DPO's ``dpo/...``) and, on a logged step, the
+        throughput summary and ``val/...`` metrics. ``trainer.raw_unet`` and ``trainer.ema``
+        hold the weights after the step. The hook runs on every rank (a collective, such as
+        ``whole_models`` under FSDP, needs all of them); one that only records should check
+        ``trainer.is_main``. It must only read: the weights, the optimizer, the generators
+        and ``rec`` stay as they were, so a run with a hook trains bit for bit as one without.
+        """
         tc = self.cfg.train
         log_path = self.run_dir / "metrics.jsonl"
         writer = None
@@ -403,6 +426,8 @@ class Trainer:
                     if (self.step % tc.checkpoint_every == 0 or last_of_stage) \
                             and self.health.bad_in_a_row == 0:
                         self.save()
+                    if on_step is not None:
+                        on_step(self, rec)
                 self.stage_batches = 0 if self.step == stage_end else self.stage_batches
         bar.close()
         if self.step >= self.total_steps:
