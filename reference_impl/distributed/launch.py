@@ -3,7 +3,8 @@
 A laptop has two cores, and one process of one torch thread uses one of them (two threads in
 one process collapse under contention; docs/scaling.md). Two processes of one thread each -
 data parallelism over gloo, the same DDP engine that runs on many GPUs - train the same model
-about 1.7x as fast. So ``python -m reference_impl train`` and the pipeline's training stages run
+about 1.7x as fast. So ``python -m reference_impl train``, the pipeline's training stages and the
+scaling experiments' gloo worlds (experiments/zero.py, data_parallel.py, allreduce.py) all run
 
     python -m torch.distributed.run --standalone --nproc_per_node N -m MODULE ARGS...
 
@@ -19,6 +20,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -85,13 +87,18 @@ def self_launch_processes(cfg: Config) -> int:
 
 
 def torchrun(n: int, module: str, args: list[str], env: dict[str, str] | None = None,
-             capture: bool = False) -> subprocess.CompletedProcess:
+             capture: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` on n local ranks of one thread each; wait for them.
 
-    ``env`` adds variables; ``capture`` keeps the ranks' output (else it goes to ours).
+    ``env`` adds variables; ``capture`` keeps the ranks' output (else it goes to ours);
+    ``timeout`` (seconds) raises ``subprocess.TimeoutExpired`` on a hung world. The ranks import
+    this checkout's ``reference_impl`` whatever the working directory (a lecture's notebook).
     """
     full = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-    full.update(OMP_NUM_THREADS="1", **(env or {}))
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join([root, *filter(None, [full.get("PYTHONPATH")])])
+    full.update(OMP_NUM_THREADS="1", PYTHONPATH=path, **(env or {}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(n), "-m", module, *args]
-    return subprocess.run(cmd, env=full, check=False, capture_output=capture, text=capture)
+    return subprocess.run(cmd, env=full, check=False, capture_output=capture, text=capture,
+                          timeout=timeout)

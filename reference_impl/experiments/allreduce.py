@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,7 @@ from ..distributed.allreduce import (
     ring_bytes_sent,
     simulate_ring_all_reduce,
 )
+from ..distributed.launch import torchrun
 from ..evaluation.stats import bootstrap_interval
 from ..paths import build_lock, cache_dir
 from .runner import Arm, Experiment, Outcome, Summary
@@ -96,12 +95,8 @@ def run_gloo(settings: dict) -> dict:
         for n in settings["gloo_worlds"]:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "rank0.json"
-                env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _repo_path()}
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                       "--nproc_per_node", str(n), "-m", "reference_impl.experiments.allreduce",
-                       str(out), json.dumps(settings)]
-                r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                                   check=False)
+                r = torchrun(n, "reference_impl.experiments.allreduce",
+                             [str(out), json.dumps(settings)], capture=True, timeout=900)
                 if r.returncode != 0:
                     raise RuntimeError(f"gloo world of {n} failed: {r.stderr[-2000:]}")
                 worlds.append(json.loads(out.read_text()))
@@ -110,10 +105,6 @@ def run_gloo(settings: dict) -> dict:
 
 def run_unit(unit: dict, settings: dict) -> dict:
     return simulate(settings) if unit["arm"] == "simulation" else run_gloo(settings)
-
-
-def _repo_path() -> str:
-    return str(Path(__file__).resolve().parents[2])
 
 
 def worker(out: Path, settings: dict) -> None:

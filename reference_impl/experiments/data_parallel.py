@@ -21,9 +21,7 @@ never shares the cores with another timed unit.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..distributed.launch import torchrun
 from ..evaluation.stats import decide, t_interval
 from ..paths import cache_dir
 from .allreduce import timing_lock
@@ -82,13 +81,9 @@ def run_unit(unit: dict, settings: dict) -> dict:
     try:
         with timing_lock():
             single, sec1 = train_timed(res, gb, settings["steps"], seed, work / "single")
-            env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
-            env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", "2", "-m", "reference_impl.experiments.data_parallel",
-                   str(work), json.dumps({**settings, "resolution": res, "seed": seed})]
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800,
-                               check=False)
+            r = torchrun(2, "reference_impl.experiments.data_parallel",
+                         [str(work), json.dumps({**settings, "resolution": res, "seed": seed})],
+                         capture=True, timeout=1800)
             if r.returncode != 0:
                 raise RuntimeError(f"data_parallel: torchrun failed: {r.stderr[-2000:]}")
         two = json.loads((work / "rank0.json").read_text())

@@ -19,8 +19,6 @@ computed by the model beside it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..distributed import zero as zm
+from ..distributed.launch import torchrun
 from .allreduce import timing_lock
 from .runner import Arm, Experiment, Outcome, Summary
 
@@ -49,13 +48,8 @@ def units(settings: dict, seeds: list[int]) -> list[dict]:
 def run_unit(unit: dict, settings: dict) -> dict:
     with timing_lock(), tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               str(settings["world"]), "-m", "reference_impl.experiments.zero", str(out),
-               json.dumps(settings)]
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                           check=False)
+        r = torchrun(settings["world"], "reference_impl.experiments.zero",
+                     [str(out), json.dumps(settings)], capture=True, timeout=900)
         if r.returncode != 0:
             raise RuntimeError(f"zero: the gloo ranks failed: {r.stderr[-2000:]}")
         return {"ranks": [json.loads((out / f"rank{k}.json").read_text())
