@@ -3,7 +3,8 @@ run measured at chosen steps, and the measurement itself (domain-FID and prompt 
 
 A run here is the project's own ``Trainer`` (training/trainer.py) - the same loop the lecture
 points to - trained in pieces with ``fit(stop_after=k)`` so the experiment can measure the
-EMA and the raw weights wherever it likes along the way. Runs live in a scratch folder that is
+EMA and the raw weights wherever it likes along the way. ``train_and_measure`` is the one way
+an experiment trains: what it records at every step goes through ``fit``'s ``on_step`` hook. Runs live in a scratch folder that is
 deleted afterwards: an experiment keeps numbers, not checkpoints.
 """
 from __future__ import annotations
@@ -81,13 +82,16 @@ def measure(trainer, val: Validator, resolution: int, raw: bool = False) -> dict
 
 def train_and_measure(cfg: Config, at_steps: Sequence[int],
                       measure_fn: Callable[[object, int], dict] | None = None,
-                      keep_dir: bool = False, loss=None, dataset_fn=None) -> dict:
+                      keep_dir: bool = False, loss=None, dataset_fn=None, on_step=None,
+                      unet=None) -> dict:
     """Train ``cfg`` through its curriculum, calling ``measure_fn(trainer, step)`` at each step
     of ``at_steps`` (and at the end). Returns {"history": per-step log, "measures": [{step,
     ...}], "seconds": training seconds (measurement excluded), "images": images seen}.
     ``loss`` replaces the trainer's default ``DiffusionLoss`` (e.g. a class-reweighted one).
     ``dataset_fn(data_cfg, stage)`` replaces the stage's ShapesWorld (the Trainer's hook): a
-    re-captioned or a synthetic training set.
+    re-captioned or a synthetic training set. ``on_step(trainer, rec)`` is ``Trainer.fit``'s
+    step hook: what the experiment records at every step (weight snapshots, each step's
+    record). ``unet`` starts from that model instead of the config's freshly built one.
     """
     import time
 
@@ -96,12 +100,12 @@ def train_and_measure(cfg: Config, at_steps: Sequence[int],
     scratch = Path(tempfile.mkdtemp(prefix=f"{cfg.name}-", dir=cache_dir("experiments", "_work")))
     cfg.output_dir = str(scratch)
     try:
-        trainer = Trainer(cfg, progress=False, loss=loss, dataset_fn=dataset_fn)
+        trainer = Trainer(cfg, progress=False, unet=unet, loss=loss, dataset_fn=dataset_fn)
         stops = sorted({s for s in at_steps if 0 < s <= trainer.total_steps} | {trainer.total_steps})
         measures, train_s = [], 0.0
         for s in stops:
             t0 = time.perf_counter()
-            trainer.fit(stop_after=s - trainer.step)
+            trainer.fit(stop_after=s - trainer.step, on_step=on_step)
             train_s += time.perf_counter() - t0
             if measure_fn is not None:
                 with torch.no_grad():

@@ -8,7 +8,8 @@ iterate's noise scales with the LR, so when the LR decays to ~0 (the laptop pres
 schedule) there is little noise left to average, and the EMA's gain shrinks - it may even turn
 into a loss, since the EMA still pays its lag.
 
-One unit = one training run (an LR schedule x a seed) of the project's Trainer at 16 px:
+One unit = one training run (an LR schedule x a seed) of the project's Trainer at 16 px
+(common.train_and_measure; a step hook, ``Snapshots``, copies the weights it needs):
   * domain-FID (probe features) and prompt accuracy of the EMA and the raw weights at mid-run
     and at the end (the end with several sampling seeds: the noise of an n=48-sample FID);
   * a held-out denoising loss (fixed images, noise and timesteps) of both along the run: far less
@@ -26,10 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,8 +34,7 @@ import torch
 from ..diffusion.objectives import min_snr_weights, per_sample_mse, sample_noise, training_target
 from ..diffusion.schedule import snr
 from ..evaluation.stats import decide, mean, t_interval, wilson_interval
-from ..paths import cache_dir
-from .common import make_config, validator
+from .common import make_config, train_and_measure, validator
 from .runner import Arm, Experiment, Outcome, Summary
 
 ARMS = ("linear", "constant")  # the laptop's linear decay to 0, and a constant LR (both warm up)
@@ -123,32 +119,32 @@ def laptop_ema_profile(config: str = "laptop") -> dict:
 
 
 # ------------------------------------------------------------------ one training run
-class SnapshotRecorder:
-    """Stands in for the trainer's EMA: forwards every call, and after each update keeps a copy
-    of the raw weights every ``every`` steps (for post-hoc EMA) and of the EMA every
-    ``curve_every`` steps (for the loss curve), with the LR of that step. The trainer has no
-    step callback, so we hook the one call it makes after every optimizer step."""
+class Snapshots:
+    """A ``Trainer.fit`` step hook (``on_step``) that records what the analysis needs: every
+    ``every`` steps a copy of the raw weights (for post-hoc EMA), every ``curve_every`` steps a
+    copy of the trainer's EMA and the step's logged LR (for the loss curve), and every step's
+    EMA decay (1.0 on a skipped step: the EMA kept its weights). The trainer's own EMA trains
+    untouched; this only reads it."""
 
-    def __init__(self, trainer, every: int, curve_every: int):
-        self.inner, self.trainer, self.every, self.curve_every = trainer.ema, trainer, every, curve_every
+    def __init__(self, every: int, curve_every: int):
+        self.every, self.curve_every = every, curve_every
         self.raw: dict[int, dict] = {}
         self.ema: dict[int, dict] = {}
         self.lr: dict[int, float] = {}
         self.decays: list[float] = []
 
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def update(self, model) -> float:
-        d = self.inner.update(model)
-        self.decays.append(d)
-        step = self.trainer.step + 1  # the trainer counts the step after the EMA update
+    def __call__(self, trainer, rec: dict) -> None:
+        step = rec["step"]
+        self.decays.append(1.0 if rec["ema_decay"] is None else rec["ema_decay"])
         if step % self.every == 0:
-            self.raw[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.raw[step] = _copy(trainer.raw_unet)
         if step % self.curve_every == 0:
-            self.ema[step] = {k: v.detach().clone() for k, v in self.inner.shadow.state_dict().items()}
-            self.lr[step] = self.trainer.lr_scheduler.get_last_lr()[0]
-        return d
+            self.ema[step] = _copy(trainer.ema.shadow)
+            self.lr[step] = rec["lr"]
+
+
+def _copy(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def held_out_batch(trainer, val, n: int, seed: int = 4321) -> dict:
@@ -189,8 +185,6 @@ def sample_metrics(trainer, val, resolution: int, model, seed: int) -> dict:
 
 
 def run_unit(unit: dict, s: dict) -> dict:
-    from ..training.trainer import Trainer
-
     if unit["arm"] not in ARMS:
         raise ValueError(f"ema: unknown arm {unit['arm']!r}; arms are {ARMS}")
     res = s["resolution"]
@@ -202,31 +196,25 @@ def run_unit(unit: dict, s: dict) -> dict:
                        "train.ema_power": s["ema_power"], "diffusion.sample_steps": s["sample_steps"]},
                       seed=unit["seed"], name=f"ema-{unit['arm']}-{unit['seed']}")
     val = validator(res, s["num_prompts"], s["num_reference"])
-    scratch = Path(tempfile.mkdtemp(prefix=f"{cfg.name}-", dir=cache_dir("experiments", "_work")))
-    cfg.output_dir = str(scratch)
-    try:
-        tr = Trainer(cfg, progress=False)
-        rec = SnapshotRecorder(tr, s["snapshot_every"], s["curve_every"])
-        tr.ema = rec
-        seed0 = s["fid_seeds"][0]
-        t0 = time.perf_counter()
-        tr.fit(stop_after=s["steps"] // 2)
-        train_s = time.perf_counter() - t0
-        mid = {"step": tr.step, "lr": tr.lr_scheduler.get_last_lr()[0],
-               "ema": sample_metrics(tr, val, res, rec.inner.shadow, seed0),
-               "raw": sample_metrics(tr, val, res, tr.raw_unet, seed0)}
-        t0 = time.perf_counter()
-        tr.fit()
-        train_s += time.perf_counter() - t0
-        end = {"step": tr.step, "ema": [sample_metrics(tr, val, res, rec.inner.shadow, k)
-                                        for k in s["fid_seeds"]],
-               "raw": [sample_metrics(tr, val, res, tr.raw_unet, k) for k in s["fid_seeds"]]}
-        return {"mid": mid, "end": end, "train_seconds": train_s, **_after_the_run(tr, rec, val, s)}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    snaps = Snapshots(s["snapshot_every"], s["curve_every"])
+
+    def measure(tr, step: int) -> dict:
+        if step < s["steps"]:  # mid-run: one sampling seed
+            seed0 = s["fid_seeds"][0]
+            return {"lr": tr.lr_scheduler.get_last_lr()[0],
+                    "ema": sample_metrics(tr, val, res, tr.ema.shadow, seed0),
+                    "raw": sample_metrics(tr, val, res, tr.raw_unet, seed0)}
+        return {"ema": [sample_metrics(tr, val, res, tr.ema.shadow, k) for k in s["fid_seeds"]],
+                "raw": [sample_metrics(tr, val, res, tr.raw_unet, k) for k in s["fid_seeds"]],
+                **_after_the_run(tr, snaps, val, s)}
+
+    run = train_and_measure(cfg, [s["steps"] // 2], measure, on_step=snaps)
+    mid, end = run["measures"]
+    after = {k: end.pop(k) for k in ("curve", "posthoc", "trainer_ema")}
+    return {"mid": mid, "end": end, "train_seconds": run["seconds"], **after}
 
 
-def _after_the_run(tr, rec: SnapshotRecorder, val, s: dict) -> dict:
+def _after_the_run(tr, rec: Snapshots, val, s: dict) -> dict:
     """The held-out loss curve and the post-hoc EMA sweep, from the saved snapshots."""
     batch = held_out_batch(tr, val, s["loss_images"])
     work = copy.deepcopy(tr.raw_unet).eval()
@@ -245,7 +233,7 @@ def _after_the_run(tr, rec: SnapshotRecorder, val, s: dict) -> dict:
     bins = np.searchsorted(steps, np.arange(1, len(w_steps) + 1))  # step k -> first snapshot >= k
     w_rebuilt = np.bincount(np.minimum(bins, len(steps) - 1), weights=w_steps, minlength=len(steps))
     rebuilt = average_state(snaps, w_rebuilt)
-    ema_now = rec.inner.shadow.state_dict()
+    ema_now = tr.ema.shadow.state_dict()
     sweep = []
     for sr in s["sigma_rels"]:
         state = average_state(snaps, power_weights(steps, sr))
