@@ -334,14 +334,14 @@ def summarize(s: Summary) -> Outcome:
 
 # ------------------------------------------------------------------ figures
 def _draw(s: Summary, d: dict, lap: dict) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # matplotlib's Figure without pyplot: no backend is switched, so a notebook that runs the
+    # experiment keeps drawing its own figures inline
+    from matplotlib.figure import Figure
 
     colour = {"linear": "#1f77b4", "constant": "#d62728"}
     per = d["per_seed"]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8))
+    ax0, ax1 = fig.subplots(1, 2)
     for i, a in enumerate(ARMS):
         for e, r in zip(per[a]["fid_ema"], per[a]["fid_raw"]):
             ax0.plot([2 * i, 2 * i + 1], [r, e], "o-", color=colour[a], alpha=0.7)
@@ -360,9 +360,9 @@ def _draw(s: Summary, d: dict, lap: dict) -> list[str]:
     ax1.legend(title="LR schedule")
     fig.tight_layout()
     fig.savefig(s.figure_dir / "fid_ema_vs_raw.png", dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
     twin = ax.twinx()
     for a in ARMS:
         curves = d["curves"][a]
@@ -377,9 +377,9 @@ def _draw(s: Summary, d: dict, lap: dict) -> list[str]:
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(s.figure_dir / "loss_gain_vs_lr.png", dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
     for a in ARMS:
         rows, te = d["posthoc"][a], d["trainer_ema"][a]
         srs = [r["sigma_rel"] for r in rows[0]]
@@ -395,9 +395,9 @@ def _draw(s: Summary, d: dict, lap: dict) -> list[str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(s.figure_dir / "posthoc_sweep.png", dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig = Figure(figsize=(7, 3.4))
+    ax = fig.subplots()
     k = np.arange(1, lap["steps"] + 1)
     ax.plot(k, lap["weights"], color="k", label="weight of step k in the final EMA")
     ax.axvline(lap["stages"][0], color="grey", ls=":", label="16 px -> 32 px")
@@ -410,7 +410,6 @@ def _draw(s: Summary, d: dict, lap: dict) -> list[str]:
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(s.figure_dir / "laptop_ema_profile.png", dpi=120)
-    plt.close(fig)
     return ["fid_ema_vs_raw.png", "loss_gain_vs_lr.png", "posthoc_sweep.png", "laptop_ema_profile.png"]
 
 

@@ -235,19 +235,14 @@ def pick_event(table: dict, lrs: list[float], seeds: list[int]) -> dict | None:
 
 
 # ------------------------------------------------------------------ figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
+# matplotlib's Figure without pyplot: no backend is switched, so a notebook that runs the
+# experiment keeps drawing its own figures inline
 def plot_shares(rows: list[dict], lrs: list[float], path) -> str:
     """Share of diverged runs against the LR, one line per arm, Wilson 95% intervals."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.8))
+    ax = fig.subplots()
     for k, arm in enumerate(ARMS):
         r = [x for x in rows if x["arm"] == arm]
         x = np.array(lrs) * (1.08 if k else 1 / 1.08)  # side by side, not on top of each other
@@ -263,14 +258,15 @@ def plot_shares(rows: list[dict], lrs: list[float], path) -> str:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path.name
 
 
 def plot_event(event: dict, path) -> str:
     """The monitor's log of one divergence: loss and its EMA, spike z-score, gradient norm."""
-    plt = _plt()
-    fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 7))
+    axes = fig.subplots(3, 1, sharex=True)
     last = 0
     for arm, style, colour in (("bare", "-", "C0"), ("guarded", "--", "C1")):
         c = event[arm]
@@ -308,7 +304,6 @@ def plot_event(event: dict, path) -> str:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path.name
 
 
