@@ -4,10 +4,7 @@
 """
 import sys
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure  # no pyplot, no backend switch
 
 from reference_impl.data.shapes import WorldConfig, render, sample_scene
 
@@ -16,7 +13,8 @@ def main(out: str = "docs/figures/shapesworld_grid.png") -> None:
     world = WorldConfig(seed=0, unsafe_fraction=0.15, brand_fraction=0.2, hq_fraction=0.5)
     scenes = [sample_scene(world, i) for i in range(12)]
     images = render(scenes, 64).permute(0, 2, 3, 1).numpy()
-    fig, axes = plt.subplots(3, 4, figsize=(13, 14))
+    fig = Figure(figsize=(13, 14))
+    axes = fig.subplots(3, 4)
     for ax, s, img in zip(axes.flat, scenes, images):
         ax.imshow(img, interpolation="nearest")
         ax.set_xticks([]), ax.set_yticks([])

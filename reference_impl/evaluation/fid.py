@@ -196,13 +196,11 @@ def corruption_curve(probe, images: torch.Tensor, reference: torch.Tensor,
 
 def plot_corruption_curve(curve: dict[str, list[dict]], path, title: str | None = None) -> None:
     """Save the corruption curve as a PNG: one panel per kind of damage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a lecture's inline backend stays as it is
 
     units = {"blur": "Gaussian blur sigma (pixels)", "noise": "noise std ([-1, 1] scale)"}
-    fig, axes = plt.subplots(1, len(curve), figsize=(4.5 * len(curve), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(curve), 3.6))
+    axes = fig.subplots(1, len(curve), squeeze=False)
     for ax, (kind, points) in zip(axes[0], curve.items()):
         ax.plot([p["level"] for p in points], [p["fid"] for p in points], "o-")
         ax.set_xlabel(units.get(kind, kind))
@@ -214,4 +212,3 @@ def plot_corruption_curve(curve: dict[str, list[dict]], path, title: str | None 
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

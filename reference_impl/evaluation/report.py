@@ -75,10 +75,7 @@ def _draw(ax, rows, keys, ylabel, log) -> bool:
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write RUN_DIR/figures/*.png from RUN_DIR/metrics.jsonl; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a lecture's inline backend stays as it is
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -86,21 +83,21 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written, present = [], []
     for name, (keys, ylabel, log) in PANELS.items():
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        fig = Figure(figsize=(5.5, 3.6))
+        ax = fig.subplots()
         if _draw(ax, rows, keys, ylabel, log):
             fig.tight_layout()
             fig.savefig(out_dir / f"{name}.png", dpi=110)
             written.append(out_dir / f"{name}.png")
             present.append(name)
-        plt.close(fig)
     if present:
-        fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.4), squeeze=False)
+        fig = Figure(figsize=(4.5 * len(present), 3.4))
+        axes = fig.subplots(1, len(present), squeeze=False)
         for ax, name in zip(axes[0], present):
             _draw(ax, rows, *PANELS[name])
         fig.suptitle(run_dir.name)
         fig.tight_layout()
         fig.savefig(out_dir / "overview.png", dpi=110)
-        plt.close(fig)
         written.append(out_dir / "overview.png")
     return written
 

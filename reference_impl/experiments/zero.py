@@ -168,13 +168,11 @@ def summarize(s: Summary) -> Outcome:
 
 
 def plot_bytes(rows: list[dict], path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: a lecture's inline backend stays as it is
 
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig = Figure(figsize=(7, 3.8))
+    ax = fig.subplots()
     x = np.arange(len(STRATEGIES))
     for k, kind in enumerate(KINDS):
         r = [row for row in rows if row["kind"] == kind]
@@ -188,7 +186,6 @@ def plot_bytes(rows: list[dict], path) -> str:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path.name
 
 
