@@ -175,7 +175,9 @@ def train_probe(cfg: ProbeConfig = ProbeConfig(), progress: bool = True,
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _train(cfg, progress)
+        # the probe may first be asked for inside a measurement's torch.no_grad() block
+        with torch.enable_grad():
+            return _train(cfg, progress)
     finally:
         torch.set_num_threads(saved)
 

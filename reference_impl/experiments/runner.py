@@ -205,6 +205,9 @@ class Experiment:
     gates: tuple[Gate, ...] = ()
     gate_note: str = ""
     rule_fixed: str = ""  # ISO date the rule and the gate were fixed (before the run)
+    # prepare(settings, seeds, scale): builds what the units share (bases.py's pre-trained
+    # models) once, in the runner's own process on every core, before the units start
+    prepare: Callable[[dict, list[int], str], None] | None = None
 
 
 @dataclass
@@ -449,6 +452,8 @@ def run_experiment(name: str, scale: str = "fast", seeds: int | None = None, for
             return res
         print(f"{name}: the cached result in {out_dir} was made with another config; recomputing")
     t0 = time.perf_counter()
+    if exp.prepare is not None:
+        exp.prepare(exp.scales[scale], seed_ids, scale)
     units = exp.units(exp.scales[scale], seed_ids)
     for u in units:
         if "arm" not in u:
