@@ -21,8 +21,13 @@ def test_arms_and_n(result):
         assert arm in names and f"{arm} spread" in names
     assert result.headline.name == "gap reduction by offset 0.1"
     assert all(a.n == len(result.seeds) == 1 for a in result.arms)
-    assert result.verdict in runner.VERDICTS  # one seed: no interval, so inconclusive
-    assert result.verdict == "inconclusive" and math.isnan(result.headline.lo)
+    assert result.verdict in runner.VERDICTS and math.isnan(result.headline.lo)  # one seed
+    # the gate reads the control arm; eight tiny steps cannot pass it, so nothing is decided
+    gate = result.gate[0]
+    assert gate["key"] == "control_acc_kcb" and 0.0 <= gate["value"] <= 1.0
+    assert not result.gate_met and {r.verdict for r in result.rows} == {"underpowered"}
+    assert [r.label for r in result.rows] == ["offset 0.1 narrows the grey gap",
+                                              "zero terminal SNR + v + trailing narrows it"]
 
 
 def test_headline_is_the_paired_difference_of_the_gaps(result):

@@ -333,7 +333,9 @@ EXPERIMENT = Experiment(
     anchor="~370 GB/s bus bandwidth (busbw = algbw * 2(N-1)/N) for NCCL ring all-reduce on "
            "8xH100 NVLink (nccl-tests); Patarasuk & Yuan 2009: 2(N-1)/N * S is optimal",
     full_minutes=3.0, scales=SCALES, default_seeds={"fast": 1, "full": 1},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=1, rule_fixed="2026-12-02",
+    gate_note="it measures a network (bytes sent, seconds per all-reduce), not a model: there "
+              "is no baseline that must first learn something")
 
 
 if __name__ == "__main__":  # a torchrun worker: allreduce.py OUT SETTINGS_JSON

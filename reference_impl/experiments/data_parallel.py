@@ -196,7 +196,9 @@ EXPERIMENT = Experiment(
     anchor="Li et al. 2020 (arXiv 2006.15704): DDP's near-linear scaling; the issue's own "
            "measurement: 12.2 vs 23.9 img/s (1.96x) at 32 px, 24 steps, global batch 32",
     full_minutes=8.0, scales=SCALES, default_seeds={"fast": 1, "full": 3},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=1, rule_fixed="2026-12-02",
+    gate_note="it measures step time and weight equality of the same training, not what the "
+              "model learns: a model that cannot draw trains exactly as fast")
 
 
 if __name__ == "__main__":  # a torchrun worker: data_parallel.py WORK SETTINGS_JSON

@@ -47,7 +47,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..evaluation.stats import decide, mean, t_interval
-from .runner import Arm, Experiment, Outcome, Summary
+from .bases import GATE_KEY, accuracy_gate
+from .runner import Arm, Experiment, Outcome, Summary, claim_row
 
 ARMS = {  # arm -> config overrides; each arm's "main" sampler variant is the laptop preset's
     "no_offset": {"diffusion.noise_offset": 0.0},
@@ -108,6 +109,7 @@ def run_unit(unit: dict, settings: dict) -> dict:
 
     from ..diffusion.sampling import sample
     from ..evaluation.validation import real_images
+    from .bases import gate_measure
     from .common import make_config, train_and_measure
 
     arm, res = unit["arm"], settings["resolution"]
@@ -124,6 +126,9 @@ def run_unit(unit: dict, settings: dict) -> dict:
         model = trainer.ema.shadow
         model.eval()
         out = {}
+        if arm == "no_offset":  # the control: the competence gate reads it
+            out["gate"] = gate_measure(trainer.sample_fn(res, model), res,
+                                       settings["gate_prompts"], settings["gate_reference"])
         for spacing, n in variants(arm, settings):
             x = sample(model, trainer.text, texts, res, trainer.noise_scheduler, steps=n,
                        guidance_scale=settings["guidance"], seed=1234,
@@ -135,8 +140,9 @@ def run_unit(unit: dict, settings: dict) -> dict:
     with torch.no_grad():
         data = brightness(real_images(texts, len(texts) * settings["real_per_prompt"], res,
                                       seed=1234), texts * settings["real_per_prompt"])
-    measured = {k: v for k, v in run["measures"][-1].items() if k != "step"}
-    return {"variants": measured, "data": data, "train_seconds": run["seconds"]}
+    measured = {k: v for k, v in run["measures"][-1].items() if k not in ("step", "gate")}
+    return {"variants": measured, "data": data, "train_seconds": run["seconds"],
+            "gate": run["measures"][-1].get("gate")}
 
 
 def gap(v: dict, data: dict) -> float:
@@ -172,8 +178,9 @@ def summarize(s: Summary) -> Outcome:
                    mean(effect), *t_interval(effect), n=n, per_seed=effect)
     zeff = [a - b for a, b in zip(table["no_offset"][m["no_offset"]]["gap"],
                                   table["zsnr_v"][m["zsnr_v"]]["gap"])]
-    arms += [headline, Arm("gap reduction by zsnr+v+trailing", "gap(no offset) - gap(zsnr_v)",
-                           mean(zeff), *t_interval(zeff), n=n, per_seed=zeff)]
+    zsnr = Arm("gap reduction by zsnr+v+trailing", "gap(no offset) - gap(zsnr_v)",
+               mean(zeff), *t_interval(zeff), n=n, per_seed=zeff)
+    arms += [headline, zsnr]
     spacing = {k: table["no_offset"][k]["gap"] for k in table["no_offset"]}
     for steps in s.settings["sample_steps"]:
         d = [a - b for a, b in zip(spacing[f"leading{steps}"], spacing[f"trailing{steps}"])]
@@ -187,7 +194,14 @@ def summarize(s: Summary) -> Outcome:
                "histograms": {**{a: outs[0]["variants"][m[a]]["histogram"]
                                  for a, outs in by_arm.items()}, "data": data["histogram"]}}
     figures = draw(table, data, s)
-    return Outcome(arms, headline, verdict, reason, figures, details)
+    acc = [o["gate"]["acc_kcb"] for o in by_arm["no_offset"]]
+    arms.append(Arm("no_offset prompt accuracy", "kind+colour+background, EMA", mean(acc),
+                    *t_interval(acc), n=n, per_seed=acc))
+    rows = [claim_row("offset 0.1 narrows the grey gap", headline, 0.0, "above", EQUIVALENCE),
+            claim_row("zero terminal SNR + v + trailing narrows it", zsnr, 0.0, "above",
+                      EQUIVALENCE)]
+    return Outcome(arms, headline, verdict, reason, figures, details, rows=rows,
+                   gate_values={GATE_KEY: mean(acc)})
 
 
 def draw(table: dict, data: dict, s: Summary) -> list[str]:
@@ -242,11 +256,14 @@ EXPERIMENT = Experiment(
     scales={
         "fast": {"preset": "tiny", "resolution": 16, "num_train": 256, "steps": 8,
                  "batch_size": 8, "lr": 2e-3, "warmup": 2, "num_prompts": 6,
-                 "real_per_prompt": 4, "sample_steps": [4], "guidance": 3.0},
+                 "real_per_prompt": 4, "sample_steps": [4], "guidance": 3.0,
+                 "gate_prompts": 8, "gate_reference": 64},
         "full": {"preset": "laptop", "resolution": 16, "num_train": 4000, "steps": 200,
                  "batch_size": 32, "lr": 2e-3, "warmup": 20, "num_prompts": 16,
-                 "real_per_prompt": 8, "sample_steps": [15, 4], "guidance": 3.0},
+                 "real_per_prompt": 8, "sample_steps": [15, 4], "guidance": 3.0,
+                 "gate_prompts": 96, "gate_reference": 960},
     },
     default_seeds={"fast": 1, "full": 2},
-    units=units, run_unit=run_unit, summarize=summarize,
+    units=units, run_unit=run_unit, summarize=summarize, version=2,
+    gates=(accuracy_gate("no_offset arm (plain noise)"),), rule_fixed="2026-12-08",
 )

@@ -201,7 +201,9 @@ EXPERIMENT = Experiment(
     anchor="Rajbhandari et al. 2020 (arXiv 1910.02054), Figure 1: 7.5B parameters, 64 GPUs: "
            "120 / 31.4 / 16.6 / 1.9 GB per GPU for DP / P_os / P_os+g / P_os+g+p",
     full_minutes=1.0, scales=SCALES, default_seeds={"fast": 1, "full": 1},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=1, rule_fixed="2026-12-02",
+    gate_note="it measures memory per rank, not a model's drawing: there is no baseline that "
+              "must first learn something")
 
 
 if __name__ == "__main__":  # a torchrun worker: zero.py OUT SETTINGS_JSON
