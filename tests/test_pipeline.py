@@ -145,6 +145,22 @@ def test_batches_split_over_the_ranks_or_the_count_is_lowered():
     assert launch.num_processes(odd) == 1  # auto: lowered until every batch divides
 
 
+def test_one_process_trains_in_the_pipelines_own_process(tmp_path):
+    """With one process, launch.py calls the training function a stage hands it, here; the
+    ranks of a launched run find the same functions in stages.TRAIN (rank.py)."""
+    from types import SimpleNamespace
+
+    from reference_impl.config import load_config
+    from reference_impl.pipeline import launch, stages
+
+    p = SimpleNamespace(cfg=load_config("ci"), progress=False)
+    assert launch.num_processes(p.cfg) == 1
+    assert launch.train_on_every_core(p, "sft", tmp_path, lambda q, out: {"in": str(out)}) == \
+        {"in": str(tmp_path)}
+    assert not (tmp_path / launch.RESULT).exists()  # nothing launched
+    assert set(stages.TRAIN) == {"pretrain", "sft", "dpo", "lora"}
+
+
 def test_a_stage_can_open_only_what_it_declared(tmp_path):
     from reference_impl.config import load_config
     from reference_impl.pipeline import Pipeline

@@ -3,12 +3,15 @@
     web -> caption -> safety -> pretrain -> curate -> sft -> pairs -> dpo -> lora
         -> safety_check -> export -> report
 
-This file only orchestrates; what each stage does is a short function in ``stages.py`` that
-calls the library (curation, training, alignment, adapters, evaluation), and the report page is
-``evaluation/report.py``. Each stage *declares* what it reads (files of earlier stages) and
-writes (files in its own folder, ``<output_dir>/stages/NN_name/``); a stage can open only what
-it declared, and a stage that does not write what it declared fails. Every stage also writes
-``metrics.json`` (its measured numbers, with sample sizes) and, last, a ``DONE`` marker.
+This file only orchestrates: the stages, in order, are ``LIFECYCLE`` (``lifecycle.py``); what
+each stage does is a short function in ``stages.py`` that calls the library (curation, training,
+alignment, adapters, evaluation); the report page is ``evaluation/report.py``. Imports run one
+way - this file -> stages.py -> launch.py, and both of the first two -> lifecycle.py - and a
+launched training rank starts at ``rank.py``, which nothing imports. Each stage *declares* what
+it reads (files of earlier stages) and writes (files in its own folder,
+``<output_dir>/stages/NN_name/``); a stage can open only what it declared, and a stage that
+does not write what it declared fails. Every stage also writes ``metrics.json`` (its measured
+numbers, with sample sizes) and, last, a ``DONE`` marker.
 
 A rerun skips every stage with a marker (resumable; the training stages also resume from their
 own checkpoints); ``--from-stage NAME`` deletes that stage and the later ones and runs them
@@ -24,7 +27,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -32,36 +34,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, load_config
 from ..distributed import cores
 from . import warm
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A stage's contract: ``reads`` are ``"stage/file"`` paths of earlier stages (besides
-    their metrics.json, which any later stage may read); ``writes`` are paths in its folder."""
-
-    name: str
-    reads: tuple[str, ...] = ()
-    writes: tuple[str, ...] = ()
-
-
-LIFECYCLE = (
-    Stage("web", writes=("examples.png", "examples.txt")),
-    Stage("caption", writes=("captions.json",)),
-    Stage("safety", reads=("caption/captions.json",), writes=("kept.json",)),
-    Stage("pretrain", reads=("caption/captions.json", "safety/kept.json"), writes=("final",)),
-    Stage("curate", reads=("caption/captions.json", "safety/kept.json"),
-          writes=("sft_positions.json",)),
-    Stage("sft", reads=("pretrain/final", "caption/captions.json", "curate/sft_positions.json"),
-          writes=("final", "before.png", "after.png")),
-    Stage("pairs", reads=("sft/final",), writes=("pairs",)),
-    Stage("dpo", reads=("sft/final", "pairs/pairs"), writes=("final",)),
-    Stage("lora", reads=("dpo/final",), writes=("adapter",)),
-    Stage("safety_check", reads=("dpo/final",)),
-    Stage("export", reads=("dpo/final", "lora/adapter")),
-    Stage("report"),
-)
-STAGES = tuple(s.name for s in LIFECYCLE)
-_BY_NAME = {s.name: s for s in LIFECYCLE}
+from .lifecycle import LIFECYCLE, STAGES, Stage  # re-exported: the pipeline's public names
 
 
 def add_arguments(p) -> None:

@@ -36,7 +36,8 @@ from ..training.commands import build_validator
 from ..training.finetune import measure
 from ..training.finetune import sft as run_sft
 from ..training.trainer import Trainer
-from . import launch
+from .launch import num_processes, train_on_every_core
+from .lifecycle import STAGES
 
 
 # ------------------------------------------------------------------ shared models (lazy)
@@ -150,11 +151,11 @@ def train_pretrain(p, out: Path) -> dict:
 
 def pretrain(p, out: Path) -> dict:
     """Pre-training (on every core, see launch.py); its final validation and curves."""
-    run = launch.train(p, "pretrain", out)
+    run = train_on_every_core(p, "pretrain", out, train_pretrain)
     keep = ("val/prompt_acc", "val/prompt_acc/kind", "val/fid", "val_raw/prompt_acc", "val_raw/fid")
     m = {k: run["final"].get(k) for k in keep} if run["final"] else {}
     m.update(steps=run["steps"], train_images=run["train_images"], val_n=p.cfg.eval.num_prompts,
-             processes=launch.num_processes(p.cfg))
+             processes=num_processes(p.cfg))
     m["figures"] = [str(f) for f in report_lib.plot_run(out)]
     return m
 
@@ -185,7 +186,7 @@ def sft(p, out: Path) -> dict:
     """SFT from the pre-trained weights on the curated set; measured before and after."""
     prompts = validation_prompts(p.cfg.sft.num_eval_prompts)
     before = samples(p, "pretrain", prompts)
-    run = launch.train(p, "sft", out)
+    run = train_on_every_core(p, "sft", out, train_sft)
     after = samples(p, "sft", prompts)  # its own output, just written
     save_grid(before, out / "before.png")
     save_grid(after, out / "after.png")
@@ -231,7 +232,7 @@ def train_dpo_run(p, out: Path) -> dict:
 def dpo(p, out: Path) -> dict:
     """Diffusion-DPO from the SFT model; the judge's win rate on held-out prompts."""
     data = prefs.load_pairs(p.input("pairs/pairs"))
-    run = launch.train(p, "dpo", out)
+    run = train_on_every_core(p, "dpo", out, train_dpo_run)
     prompts = prefs.random_prompts(p.cfg.dpo.num_eval_prompts, seed=p.cfg.seed + 200,
                                    exclude=data["prompt"], name_size=p.cfg.dpo.prompts_name_size)
     seed = p.cfg.eval.seed + 1
@@ -261,7 +262,7 @@ def train_lora_run(p, out: Path) -> dict:
 def lora(p, out: Path) -> dict:
     """A brand-look adapter on the DPO model; how often brand prompts come out in the style."""
     lc, base = p.cfg.lora, p.input("dpo/final")
-    stats = launch.train(p, "lora", out)
+    stats = train_on_every_core(p, "lora", out, train_lora_run)
     prompts = prefs.random_prompts(lc.num_eval_prompts, seed=p.cfg.seed + 300, brand=True)
     seed = p.cfg.eval.seed + 2
     base_img = samples(p, "dpo", prompts, seed)
@@ -309,8 +310,6 @@ def export(p, out: Path) -> dict:
 def report(p, out: Path) -> dict:
     """report.md and report.html in the run folder: the headline table, every stage's numbers
     and figures."""
-    from . import STAGES
-
     names = STAGES[: STAGES.index("report")]
     metrics = {name: p.metrics(name) for name in names}
     figures = {name: sorted(p.dir(name).rglob("*.png")) for name in names}
@@ -318,6 +317,7 @@ def report(p, out: Path) -> dict:
     return {"report": str(md), "html": str(html)}
 
 
-# the stages whose training runs on every core (launch.py): stage -> its training function
+# the stages whose training runs on every core (launch.py): stage -> its training function, which
+# each launched rank looks up here (rank.py)
 TRAIN = {"pretrain": train_pretrain, "sft": train_sft, "dpo": train_dpo_run,
          "lora": train_lora_run}
