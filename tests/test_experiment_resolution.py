@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from experiment_cache import private_cache
 
+from reference_impl.config import StageConfig
 from reference_impl.experiments import common, resolution, runner
 
 
@@ -61,8 +62,8 @@ def test_quality_arms_use_the_scarce_sharp_set():
     s = resolution.SCALES["full"]
     fn = resolution.scarce_sharp_data(s["quality"]["sharp_images"])
     cfg = resolution._config(s, [{"steps": 4, "resolution": 16}], 0, hq_fraction=0.3)
-    sharp = fn(cfg.data, resolution.StageConfig(resolution=16, hq_fraction=1.0))
-    bulk = fn(cfg.data, resolution.StageConfig(resolution=16))
+    sharp = fn(cfg.data, StageConfig(resolution=16, hq_fraction=1.0))
+    bulk = fn(cfg.data, StageConfig(resolution=16))
     assert len(sharp) == s["quality"]["sharp_images"] < len(bulk) == s["num_train"]
     assert sharp.start == len(bulk)  # disjoint from the bulk
     assert all(sharp.scene(i)["blur"] == sharp.scene(i)["noise"] == 0 for i in range(20))

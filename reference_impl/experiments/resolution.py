@@ -43,22 +43,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import StageConfig
 from ..data.captions import parse_caption
 from ..data.curriculum import stage_dataset
 from ..data.shapes import ShapesWorld, render, sample_scene
 from ..evaluation import stats
 from ..evaluation.metrics import sharpness_contrast
 from ..models.unet import build_unet
-from ..paths import cache_dir
 from ..training.throughput import module_step_flops
 from .common import make_config, train_and_measure, validator
 from .runner import Arm, Experiment, Outcome
@@ -100,31 +96,28 @@ def flops_per_image(preset: str, resolution: int, text_dim: int = 384, tokens: i
 def run_cost(settings: dict, seed: int) -> dict:
     """Counted FLOPs per image and measured training images/s at each resolution.
 
-    One model (a UNet is convolutional: the same weights train at any size) and one stream per
-    resolution; each round times ``steps`` optimizer steps at every resolution in turn, so a
-    change of machine load hits all resolutions alike and the per-round ratio cancels it.
+    One run (a UNet is convolutional: the same weights train at any size) whose curriculum
+    visits every resolution in turn, ``rounds`` times, so a change of machine load hits all
+    resolutions alike and the per-round ratio cancels it. A step hook notes when each step
+    ends. A stage of ``steps`` + 2 steps is timed from the end of its first step (untimed: it
+    follows the stage's new data stream) to the end of its last-but-one (the last one also
+    logs and checkpoints): ``steps`` steps of nothing but training.
     """
-    from ..training.trainer import Trainer
-
     c = settings["cost"]
-    cfg = _config(settings, [{"steps": 10**6, "resolution": c["resolutions"][0]}], seed,
-                  batch_size=c["batch_size"], hq_fraction=1.0)
-    scratch = _scratch(cfg)
-    try:
-        trainer = Trainer(cfg, progress=False)
-        streams = {r: _stream(cfg, StageConfig(resolution=r), c["batch_size"])
-                   for r in c["resolutions"]}
-        for s in streams.values():  # one untimed step each: allocator and kernels warm up
-            trainer.train_step(s)
-        ips: dict[str, list[float]] = {str(r): [] for r in c["resolutions"]}
-        for _ in range(c["rounds"]):
-            for r, s in streams.items():
-                t0 = time.perf_counter()
-                for _ in range(c["steps"]):
-                    trainer.train_step(s)
-                ips[str(r)].append(c["steps"] * c["batch_size"] / (time.perf_counter() - t0))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    stages = [{"steps": c["steps"] + 2, "resolution": r}
+              for _ in range(c["rounds"]) for r in c["resolutions"]]
+    cfg = _config(settings, stages, seed, batch_size=c["batch_size"], hq_fraction=1.0)
+    cfg.train.log_every = 10**6  # no log record inside a stage: only its last step writes one
+    ends: dict[int, list[float]] = {}  # stage index -> when each of its steps ended
+
+    def note(trainer, rec: dict) -> None:
+        ends.setdefault(rec["stage"], []).append(time.perf_counter())
+
+    train_and_measure(cfg, at_steps=[], on_step=note)
+    ips: dict[str, list[float]] = {str(r): [] for r in c["resolutions"]}
+    for i, stage in enumerate(stages):
+        ips[str(stage["resolution"])].append(
+            c["steps"] * c["batch_size"] / (ends[i][-2] - ends[i][0]))
     flops = {str(r): flops_per_image(settings["preset"], r, tokens=cfg.text.max_length)
              for r in c["resolutions"]}
     return {"flops_per_image": flops, "images_per_s": ips}
@@ -137,21 +130,9 @@ def _config(settings: dict, curriculum: list[dict], seed: int, batch_size: int |
     return make_config({
         "model.preset": settings["preset"], "train.batch_size": batch_size or settings["batch_size"],
         "train.curriculum": curriculum, "train.lr": settings["lr"],
-        "train.warmup_steps": max(1, round(settings["warmup_share"] * steps)) if steps < 10**6 else 1,
+        "train.warmup_steps": max(1, round(settings["warmup_share"] * steps)),
         "data.num_train": settings["num_train"], "data.world.hq_fraction": hq_fraction,
         "diffusion.sample_steps": settings["eval"]["sample_steps"]}, seed=seed, name="resolution")
-
-
-def _scratch(cfg) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="resolution-", dir=cache_dir("experiments", "_work")))
-    cfg.output_dir = str(path)
-    return path
-
-
-def _stream(cfg, stage, batch_size):
-    from ..data.curriculum import BatchStream
-
-    return BatchStream(stage_dataset(cfg.data, stage), cfg.data, batch_size, seed=cfg.seed)
 
 
 def scarce_sharp_data(num_sharp: int):

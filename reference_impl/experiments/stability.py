@@ -25,21 +25,19 @@ were set after a scan (3 seeds, LR 0.03-0.3: bare runs peaked at 5-75x their sta
 recovered) and before the full run.
 Each arm's share of diverged runs at each LR gets a Wilson interval (n = seeds).
 
-No probe, no sampling: divergence is read from the training log, which keeps this cheap.
+No probe, no sampling: divergence is read from the record of every step (a step hook on
+Trainer.fit), which keeps this cheap.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import math
-import shutil
-import tempfile
 
 import numpy as np
 
 from ..evaluation.stats import bootstrap_interval, decide, wilson_interval
-from ..paths import cache_dir
-from .common import make_config
+from .common import make_config, train_and_measure
 from .runner import Arm, Experiment, Outcome, Summary
 
 ARMS = {"bare": "no warm-up, no clipping", "guarded": "warm-up + clipping"}
@@ -73,8 +71,7 @@ def overrides(arm: str, lr: float, settings: dict) -> dict:
     steps = settings["steps"]
     out = {"model.preset": settings["preset"], "data.resolution": settings["resolution"],
            "train.curriculum": [{"steps": steps, "resolution": settings["resolution"]}],
-           "train.batch_size": settings["batch_size"], "train.lr": lr,
-           "train.log_every": 1}  # every step in the log: the monitor's full record
+           "train.batch_size": settings["batch_size"], "train.lr": lr}
     if arm == "bare":
         out.update({"train.warmup_steps": 0, "train.max_grad_norm": 0.0,
                     "train.lr_schedule": "constant"})
@@ -88,22 +85,16 @@ def overrides(arm: str, lr: float, settings: dict) -> dict:
 def run_unit(unit: dict, settings: dict) -> dict:
     """Train one run, catch a divergence, return the monitor's log and the verdict on the run."""
     from ..training.health import TrainingDiverged
-    from ..training.trainer import Trainer
 
-    scratch = tempfile.mkdtemp(prefix="stability-", dir=cache_dir("experiments", "_work"))
     cfg = make_config(overrides(unit["arm"], unit["lr"], settings), base=settings["base"],
-                      seed=unit["seed"], name=f"stability-{unit['arm']}", output_dir=scratch)
+                      seed=unit["seed"], name=f"stability-{unit['arm']}")
+    history: list[dict] = []  # every step's log record, kept by a step hook: it survives an abort
     aborted = False
-    try:
-        trainer = Trainer(cfg, progress=False)
-        with contextlib.redirect_stdout(io.StringIO()):  # its "update skipped" lines: in the log
-            try:
-                trainer.fit()
-            except TrainingDiverged:
-                aborted = True  # the run stopped; what it logged until then is the record
-        history = [r for r in trainer.history if "loss" in r and not r.get("final")]
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # its "update skipped" lines: in the log
+        try:
+            train_and_measure(cfg, at_steps=[], on_step=lambda trainer, rec: history.append(rec))
+        except TrainingDiverged:
+            aborted = True  # the run stopped; what it recorded until then is the record
     curve = monitor_log(history, cfg.train.spike_z)
     return {**judge(curve, aborted, settings["steps"]), "curve": curve}
 
