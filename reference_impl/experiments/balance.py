@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..evaluation.stats import bootstrap_interval, decide, mean, t_interval, wilson_interval
-from .runner import Arm, Experiment, Outcome, Summary
+from .runner import Arm, Experiment, Gate, Outcome, Summary
 
 CAT, DOG = 0, 1  # KINDS[0] = circle, KINDS[1] = square
 CLASS_PROBS = [0.9, 0.1, 0.0, 0.0]
@@ -254,7 +254,9 @@ def summarize(s: Summary) -> Outcome:
                                             "per_seed": v.per_seed} for k, v in diffs.items()},
                "dogs_in_batch": {arm: mean([mean(o["dogs_in_batch"]) for o in outs])
                                  for arm, outs in by_arm.items()}}
-    return Outcome(arms + list(diffs.values()), headline, verdict, reason, figures, details)
+    cat = hits(by_arm["none"], "cat", CAT)  # the common kind, asked for, unbalanced model
+    return Outcome(arms + list(diffs.values()), headline, verdict, reason, figures, details,
+                   gate_values={"control_common_kind": float(np.mean(cat))})
 
 
 def draw(s: Summary, table: dict, diffs: dict, by_arm: dict) -> list[str]:
@@ -324,4 +326,8 @@ EXPERIMENT = Experiment(
                  "num_unprompted": 48, "num_reference": 288, "sample_steps": 10},
     },
     default_seeds={"fast": 1, "full": 2},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=1, rule_fixed="2026-12-02",
+    # a model that has not learned kinds cannot show a rare kind being neglected: the
+    # unbalanced control must draw the common kind it is asked for (fixed 2026-12-08)
+    gates=(Gate("none arm (no balancing): kind accuracy on prompts naming the common kind "
+                "(circle), mean over seeds and prompts", "control_common_kind", ">=", 0.6),))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..evaluation.stats import bootstrap_interval, decide, mean, t_interval, wilson_interval
+from .bases import GATE_KEY, accuracy_gate
 from .runner import Arm, Experiment, Outcome, Summary
 
 ARMS = ("web", "auto", "rich")
@@ -195,7 +196,11 @@ def summarize(s: Summary) -> Outcome:
                "examples": by_arm["auto"][0].get("examples", []), "prompts": prompts(n_p)[:8],
                "attribute_accuracy": acc,
                "differences": {d.name: d.value for d in diffs.values()}}
-    return Outcome(arms + list(diffs.values()), headline, verdict, reason, figures, details)
+    kcb = [float(np.mean([o["correct"]["kind"][i] and o["correct"]["colour"][i]
+                          and o["correct"]["background"][i] for i in range(n_p)]))
+           for o in by_arm["rich"]]
+    return Outcome(arms + list(diffs.values()), headline, verdict, reason, figures, details,
+                   gate_values={GATE_KEY: mean(kcb)})
 
 
 def _figures(s: Summary, per_attr: dict, all_ok: dict) -> list[str]:
@@ -249,4 +254,7 @@ EXPERIMENT = Experiment(
                  "num_prompts": 192, "captioner": {}},  # the pipeline's captioner
     },
     default_seeds={"fast": 2, "full": 2},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=1, rule_fixed="2026-12-02",
+    # the rich (ground-truth) captions are the best a caption can be: if that arm cannot draw
+    # kind, colour and background, no caption's effect on drawing can be read
+    gates=(accuracy_gate("rich-caption arm, on this experiment's own prompts"),))

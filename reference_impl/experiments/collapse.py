@@ -29,7 +29,7 @@ import numpy as np
 
 from ..evaluation.fid import NAME as FID_NAME
 from ..evaluation.stats import decide, mean, t_interval
-from .runner import Arm, Experiment, Outcome, Summary
+from .runner import Arm, Experiment, Gate, Outcome, Summary
 
 EQUIVALENCE = 0.1  # a degradation ratio inside 1 +- 0.1 is no effect worth the name
 MEASURES = ("fid", "diversity", "precision", "recall", "rare_kind", "rare_colour")
@@ -228,7 +228,9 @@ def summarize(s: Summary) -> Outcome:
     details = {"curves": curves, "per_seed": per_seed, "kinds_seed0": kinds,
                "class_probs": st["class_probs"], "generations": st["generations"]}
     figures = _figures(s, outs, shares)
-    return Outcome(arms + [diff], headline, verdict, reason, figures, details)
+    g0_recall = _curves(outs, shares[0], "recall")[:, 0]
+    return Outcome(arms + [diff], headline, verdict, reason, figures, details,
+                   gate_values={"gen0_fid": mean(g0), "gen0_recall": float(np.mean(g0_recall))})
 
 
 def _figures(s: Summary, outs: list[dict], shares: list[str]) -> list[str]:
@@ -296,4 +298,11 @@ EXPERIMENT = Experiment(
                  "num_reference": 1024, "sample_steps": 8, "generations": 4},
     },
     default_seeds={"fast": 2, "full": 2},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=1, rule_fixed="2026-12-02",
+    # what collapses must first be a model (fixed 2026-12-08): generation 0's samples near the
+    # data (150 is about 3x the laptop model's worst domain-FID of record 0, 51 at n=96; a
+    # larger sample only lowers FID's bias) and covering it (recall 0.5; the old runs: 0.02)
+    gates=(Gate("generation 0: domain-FID of its samples, mean over seeds", "gen0_fid", "<=",
+                150.0),
+           Gate("generation 0: recall (probe features, k=3), mean over seeds", "gen0_recall",
+                ">=", 0.5)))

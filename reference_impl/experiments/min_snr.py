@@ -23,7 +23,8 @@ import numpy as np
 
 from ..evaluation.fid import NAME as FID_NAME
 from ..evaluation.stats import bootstrap_interval, decide, mean, ratio_of_means, t_interval
-from .runner import Arm, Experiment, Outcome, Summary
+from .bases import GATE_KEY, accuracy_gate
+from .runner import Arm, Experiment, Outcome, Row, Summary, size_row
 
 BASELINE, TREATED = 0.0, 5.0  # uniform epsilon weighting against the paper's gamma = 5
 NUM_T_BINS = 10  # the trainer logs loss_t/0..9 (training/trainer.py)
@@ -65,6 +66,7 @@ def run_unit(unit: dict, settings: dict) -> dict:
     Returns {"curve": [{step, fid, prompt_acc, ...}], "loss_t": [[step, bin 0..9 MSE]],
     "seconds": training seconds}.
     """
+    from .bases import gate_measure
     from .common import make_config, measure, train_and_measure, validator
 
     st = settings
@@ -81,7 +83,11 @@ def run_unit(unit: dict, settings: dict) -> dict:
 
     def fn(trainer, step):
         m = measure(trainer, val, st["resolution"])  # the EMA weights
-        return {k: m[k] for k in keep if k in m}
+        out = {k: m[k] for k in keep if k in m}
+        if step == st["steps"] and unit["gamma"] == BASELINE:  # the control: the gate reads it
+            out["gate"] = gate_measure(trainer.sample_fn(st["resolution"], trainer.ema.shadow),
+                                       st["resolution"], st["gate_prompts"], st["gate_reference"])
+        return out
 
     out = train_and_measure(cfg, range(st["every"], st["steps"] + 1, st["every"]), fn)
     # the *unweighted* epsilon MSE per timestep bin: comparable across arms, whatever their weights
@@ -162,7 +168,14 @@ def summarize(s: Summary) -> Outcome:
                                 for a, outs in by_arm.items()},
                "loss_by_t": {a: _final_loss_by_t(o) for a, o in by_arm.items()},
                "gammas": gammas}
-    return Outcome(arms + list(ratios.values()), headline, verdict, reason, figures, details)
+    acc = [o["curve"][-1]["gate"]["acc_kcb"] for o in by_arm[_arm(BASELINE)]]
+    control = Arm("uniform (gamma=0): prompt accuracy", "kind+colour+background at the budget, EMA",
+                  mean(acc), *t_interval(acc), n=len(acc), per_seed=acc)
+    rows = [Row("direction: gamma=5 reaches the threshold in fewer steps", "claim", headline,
+                EXPERIMENT.rule, verdict, reason),
+            size_row(headline, 3.4)]
+    return Outcome(arms + list(ratios.values()) + [control], headline, verdict, reason, figures,
+                   details, rows=rows, gate_values={GATE_KEY: mean(acc)})
 
 
 def _mean_curve(outs: list[dict]) -> dict:
@@ -260,18 +273,23 @@ EXPERIMENT = Experiment(
          "run that never reaches it counts as the budget (censored). Speed-up = mean steps "
          "(uniform) / mean steps (gamma=5), 95% paired bootstrap over seeds. Reproduced if the "
          "interval lies above 1 and no gamma=5 run is censored; not reproduced if it lies below 1 "
-         "or inside 1 +- 0.1 and no uniform run is censored; otherwise inconclusive.",
+         "or inside 1 +- 0.1 and no uniform run is censored; otherwise inconclusive. The size "
+         "is its own row: consistent if the interval contains the published 3.4, else smaller "
+         "or larger.",
     lecture="04_min_snr",
     anchor="3.4x faster convergence (Hang et al. 2023, arXiv 2303.09556; ImageNet 256, ViT, FID)",
     full_minutes=9.0,
     scales={
         # a smoke test of the machinery (tiny model, a dozen steps): its numbers mean nothing
         "fast": {**_COMMON, "preset": "tiny", "steps": 8, "every": 4, "batch_size": 8,
-                 "num_prompts": 4, "num_reference": 32, "sample_steps": 3, "threshold": 2000.0},
+                 "num_prompts": 4, "num_reference": 32, "sample_steps": 3, "threshold": 2000.0,
+                 "gate_prompts": 8, "gate_reference": 64},
         # threshold 1200: the uniform pilot (seed 100, these settings but 300 steps, FID every
         # 25) crossed it at ~143 steps, 60% of the budget - room for either arm to be faster
         "full": {**_COMMON, "steps": 240, "every": 24, "batch_size": 16, "num_prompts": 32,
-                 "num_reference": 480, "sample_steps": 10, "threshold": 1200.0},
+                 "num_reference": 480, "sample_steps": 10, "threshold": 1200.0,
+                 "gate_prompts": 96, "gate_reference": 960},
     },
     default_seeds={"fast": 2, "full": 3},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=2, rule_fixed="2026-12-08",
+    gates=(accuracy_gate("uniform arm (gamma=0), at the budget"),))
