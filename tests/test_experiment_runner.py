@@ -65,6 +65,19 @@ def test_a_gate_not_met_makes_every_row_underpowered(toy, monkeypatch):
     assert res.arm("slow").value == pytest.approx(21.0)  # the numbers stay as measured
 
 
+def test_a_row_no_model_enters_is_decided_without_the_gate():
+    from reference_impl.experiments.runner import Experiment, Outcome, Row, decide_rows
+
+    arm = runner.Arm("x", "ratio", 2.0, 1.5, 2.5, n=3)
+    rows = [runner.claim_row("learned", arm, 1.0),
+            Row("counted cost", "claim", arm, "above 1", "reproduced", "exact", gated=False)]
+    exp = Experiment("t", "c", "r", "l", "a", 1.0, {}, {}, None, None, None,
+                     gates=(runner.Gate("acc", "acc", ">=", 0.6),))
+    out = Outcome([arm], arm, "reproduced", "why", rows=rows, gate_values={"acc": 0.1})
+    decided, _, met = decide_rows(exp, out)
+    assert not met and [r.verdict for r in decided] == ["underpowered", "reproduced"]
+
+
 def test_no_gate_declared_is_underpowered_and_a_missing_gate_value_is_an_error(toy, monkeypatch):
     import dataclasses
 

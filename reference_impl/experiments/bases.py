@@ -116,13 +116,13 @@ ACC_GATE = 0.6
 GATE_KEY = "control_acc_kcb"
 
 
-def accuracy_gate(who: str, settings_note: str = "at the sampled resolution"):
+def accuracy_gate(who: str, where: str = "at the sampled resolution, on the scale's "
+                                          "gate_prompts validation prompts"):
     """The gate on the control arm's kind+colour+background prompt accuracy (mean over seeds)."""
     from .runner import Gate
 
-    return Gate(f"{who}: kind+colour+background prompt accuracy of the EMA weights "
-                f"({settings_note}, the scale's gate_prompts validation prompts, mean over seeds)",
-                GATE_KEY, ">=", ACC_GATE)
+    return Gate(f"{who}: kind+colour+background prompt accuracy of the EMA weights ({where}, "
+                "mean over seeds)", GATE_KEY, ">=", ACC_GATE)
 
 
 def gate_measure(sample_fn, resolution: int, num_prompts: int, num_reference: int,

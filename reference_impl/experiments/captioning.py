@@ -257,4 +257,4 @@ EXPERIMENT = Experiment(
     units=units, run_unit=run_unit, summarize=summarize, version=1, rule_fixed="2026-12-02",
     # the rich (ground-truth) captions are the best a caption can be: if that arm cannot draw
     # kind, colour and background, no caption's effect on drawing can be read
-    gates=(accuracy_gate("rich-caption arm, on this experiment's own prompts"),))
+    gates=(accuracy_gate("rich-caption arm", "on this experiment's own num_prompts prompts"),))

@@ -35,6 +35,7 @@ from ..diffusion.objectives import min_snr_weights, per_sample_mse, sample_noise
 from ..diffusion.schedule import snr
 from ..evaluation.stats import decide, mean, t_interval, wilson_interval
 from .common import make_config, train_and_measure, validator
+from .bases import GATE_KEY, accuracy_gate
 from .runner import Arm, Experiment, Outcome, Summary
 
 ARMS = ("linear", "constant")  # the laptop's linear decay to 0, and a constant LR (both warm up)
@@ -181,7 +182,8 @@ def sample_metrics(trainer, val, resolution: int, model, seed: int) -> dict:
         out = val.measure(trainer.sample_fn(resolution, model)(list(val.prompts), seed))
     finally:
         model.train(was)
-    return {"fid": out["fid"], "prompt_acc": out["prompt_acc"]}
+    return {"fid": out["fid"], "prompt_acc": out["prompt_acc"],
+            "acc_kcb": out["prompt_acc/kind_colour_background"]}
 
 
 def run_unit(unit: dict, s: dict) -> dict:
@@ -329,7 +331,11 @@ def summarize(s: Summary) -> Outcome:
                "fid_noise": noise, "laptop_fid": LAPTOP_FID, "settings": s.settings,
                "laptop_ema": {k: v for k, v in laptop.items() if k not in ("weights", "lr")}}
     figures = _draw(s, details, laptop)
-    return Outcome(arms, headline, verdict, reason, figures, details)
+    # the gate: the linear-decay arm's EMA (the recipe the laptop preset ships) must draw
+    kcb = [x["end"]["ema"][0]["acc_kcb"] for x in runs["linear"]]
+    arms.append(_t_arm("linear: EMA kind+colour+background accuracy", "first sampling seed", kcb))
+    return Outcome(arms, headline, verdict, reason, figures, details,
+                   gate_values={GATE_KEY: mean(kcb)})
 
 
 # ------------------------------------------------------------------ figures
@@ -439,4 +445,6 @@ EXPERIMENT = Experiment(
                  "fid_sigma_rels": [0.05, 0.1, 0.2]},
     },
     default_seeds={"fast": 2, "full": 3},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=2, rule_fixed="2026-12-01",
+    gates=(accuracy_gate("linear-decay arm", "at the scale's resolution, on its num_prompts "
+                         "validation prompts, first sampling seed"),))

@@ -57,7 +57,8 @@ from ..evaluation.metrics import sharpness_contrast
 from ..models.unet import build_unet
 from ..training.throughput import module_step_flops
 from .common import make_config, train_and_measure, validator
-from .runner import Arm, Experiment, Outcome
+from .bases import GATE_KEY, accuracy_gate
+from .runner import Arm, Experiment, Outcome, Row, claim_row, size_row
 
 CURRICULUM_ARMS = ("32px only", "16->32px curriculum")
 QUALITY_ARMS = ("mixed only", "sharp only", "mixed then sharp")
@@ -204,17 +205,19 @@ def measure_samples(trainer, val, resolution: int) -> dict:
     images = trainer.sample_fn(resolution, model)(list(val.prompts), val.seed).clamp(-1, 1)
     m = val.measure(images)
     pred = val.probe.predict(images)
-    attr, correct = [], []
+    attr, correct, kcb = [], [], []
     for i, p in enumerate(val.prompts):  # as metrics.prompt_accuracy, kept per prompt
         asked = parse_caption(p)
         asked["count"] = asked["count"] - 1 if "count" in asked else None
         hits = [int(pred[a][i]) == v for a, v in asked.items() if v is not None]
         attr.append(float(np.mean(hits)))
         correct.append(bool(all(hits)))
+        kcb.append(bool(all(int(pred[a][i]) == asked[a] for a in ("kind", "colour", "background")
+                            if asked.get(a) is not None)))
     sharp = [sharpness_contrast(images[i:i + 1])["sharpness"] for i in range(len(images))]
     grid = ((images[:GRID] + 1) * 127.5).round().to(torch.uint8).tolist()
     return {"fid": m["fid"], "fid_n": m["fid_n"], "fid_n_reference": m["fid_n_reference"],
-            "prompt_acc": m["prompt_acc"], "attr_acc": attr, "correct": correct,
+            "prompt_acc": m["prompt_acc"], "attr_acc": attr, "correct": correct, "kcb": kcb,
             "sharpness": sharp,
             "reference_sharpness": sharpness_contrast(val.reference_images)["sharpness"],
             "grid": grid}
@@ -257,13 +260,18 @@ def run_unit(unit: dict, settings: dict) -> dict:
     raise ValueError(f"resolution: unknown arm {arm!r}; arms: {CURRICULUM_ARMS + QUALITY_ARMS + ('cost',)}")
 
 
-RULE = ("Headline, fixed before any run: d = attribute accuracy at 32 px of the 16->32 px "
+RULE = ("Three rows, each with its own verdict. (1) Cost, no model enters: the measured time "
+        "per training image at 64 px over 16 px lies above 1 (paired bootstrap over timing "
+        "rounds), its size set against the pixel ratio 16 on a row of its own. (2) Curriculum, "
+        "the headline: d = attribute accuracy at 32 px of the 16->32 px "
         "curriculum minus that of 32 px only, at equal counted training FLOPs, paired over "
         "(seed, prompt) cells (same seeds, same prompts, same sampling noise). Reproduced if the "
         "95% paired-bootstrap interval of d lies above 0; not reproduced if it lies below 0 or "
         "inside +-0.03 (no effect worth the name); inconclusive otherwise. The same rule, on "
         "domain-FID against the sharp set (t over seeds of paired differences, below 0 = better), "
-        "decides the two quality comparisons of 'mixed then sharp', reported beside it.")
+        "decides (3), the finishing pass: 'mixed then sharp' against 'mixed only' (its "
+        "comparison with 'sharp only' is reported beside it). Rows (2) and (3) need the gate: "
+        "the 32 px only arm's kind+colour+background accuracy at 32 px.")
 
 
 def _cells(outs: list[dict], key: str) -> np.ndarray:
@@ -345,6 +353,17 @@ def summarize(s) -> Outcome:
                         "pass better)", d)
         arms.append(arm)
         secondary[other] = dict(zip(("verdict", "reason"), stats.decide(arm.lo, arm.hi, 0.0, "below")))
+    time_ratio = next(a for a in arms if a.name.startswith("time per image 64/"))
+    finish_arm = next(a for a in arms if a.name == "mixed then sharp - mixed only")
+    rows = [Row("curriculum: 16->32 px beats 32 px only at equal FLOPs", "claim", head,
+                "reproduced if d's interval lies above 0; not reproduced below 0 or inside +-0.03",
+                verdict, reason),
+            dataclasses.replace(claim_row("cost: a 64 px image takes longer than a 16 px one",
+                                          time_ratio, 1.0, "above"), gated=False),
+            dataclasses.replace(size_row(time_ratio, 16.0, "pixel ratio"), gated=False),
+            claim_row("finishing pass: mixed then sharp beats mixed only (domain-FID)",
+                      finish_arm, 0.0, "below")]
+    gate = float(np.mean(_cells(cur[CURRICULUM_ARMS[0]], "kcb")))
     figures = draw(s.figure_dir, cost, cur, qual, arms)
     details = {
         "cost": {"resolutions": sorted(int(r) for r in cost["flops_per_image"]),
@@ -353,7 +372,8 @@ def summarize(s) -> Outcome:
         "quality": {a: _strip(outs) for a, outs in qual.items()},
         "data_sharpness": qual["mixed only"][0]["data_sharpness"],
         "secondary": secondary}
-    return Outcome(arms, head, verdict, reason, figures, details)
+    return Outcome(arms, head, verdict, reason, figures, details, rows=rows,
+                   gate_values={GATE_KEY: gate})
 
 
 def _strip(outs: list[dict]) -> list[dict]:
@@ -448,4 +468,6 @@ EXPERIMENT = Experiment(
     full_minutes=8.0,
     scales=SCALES,
     default_seeds={"fast": 1, "full": 2},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=2, rule_fixed="2026-12-08",
+    gates=(accuracy_gate("32px only arm (the curriculum's control)",
+                         "at 32 px, on the scale's eval prompts"),))

@@ -124,6 +124,9 @@ class Row:
     rule: str
     verdict: str
     reason: str
+    # False for a question no trained model enters (a counted cost, a measured time): the
+    # competence gate does not decide whether it can be answered
+    gated: bool = True
 
 
 def claim_row(label: str, arm: Arm, null: float, direction: str = "above",
@@ -411,7 +414,7 @@ def decide_rows(exp: Experiment, outcome: Outcome) -> tuple[list[Row], list[dict
         rows = [dataclasses.replace(r, verdict=UNDERPOWERED,
                                     reason=f"the competence gate was not met ({failed}), so this "
                                            f"comparison decides nothing; the numbers stand as "
-                                           f"measured") for r in rows]
+                                           f"measured") if r.gated else r for r in rows]
     return rows, record, met
 
 

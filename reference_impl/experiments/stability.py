@@ -38,7 +38,7 @@ import numpy as np
 
 from ..evaluation.stats import bootstrap_interval, decide, wilson_interval
 from .common import make_config, train_and_measure
-from .runner import Arm, Experiment, Outcome, Summary
+from .runner import Arm, Experiment, Gate, Outcome, Summary
 
 ARMS = {"bare": "no warm-up, no clipping", "guarded": "warm-up + clipping"}
 END_FACTOR = 2.0  # "ends far above where it started": last-5 mean loss > 2 x the step-1 loss
@@ -201,8 +201,14 @@ def summarize(s: Summary) -> Outcome:
     figures = [plot_shares(rows, lrs, s.figure_dir / "divergence_share.png")]
     if event is not None:
         figures.append(plot_event(event, s.figure_dir / "health_log.png"))
+    # the gates: the grid must reach from a learning rate where unguarded training is stable to
+    # one where it fails, or the comparison of guards has no edge to move (fixed 2026-12-08)
+    low, high = mat["bare"][:, 0], mat["bare"][:, -1]
+    gates = {"bare_stable_at_lowest_lr": float(1 - low.mean()),
+             "bare_diverged_at_highest_lr": float(high.mean())}
     return Outcome(arms + [headline], headline, verdict, reason, figures,
-                   {"rows": rows, "event": event, "lrs": lrs, "end_factor": END_FACTOR})
+                   {"rows": rows, "event": event, "lrs": lrs, "end_factor": END_FACTOR},
+                   gate_values=gates)
 
 
 def _story(rows: list[dict], lrs: list[float]) -> str:
@@ -313,4 +319,8 @@ EXPERIMENT = Experiment(
            "early; Pascanu et al. 2013 (arXiv 1211.5063): clipping tames exploding gradients "
            "(qualitative claims, no single published number)",
     full_minutes=7.0, scales=SCALES, default_seeds={"fast": 1, "full": 6},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=1, rule_fixed="2026-12-01",
+    gates=(Gate("bare arm at the lowest LR: share of seeds that did not diverge",
+                "bare_stable_at_lowest_lr", ">=", 0.66),
+           Gate("bare arm at the highest LR: share of seeds that diverged",
+                "bare_diverged_at_highest_lr", ">=", 0.66)))
