@@ -58,14 +58,17 @@ def sft_config(cfg: Config, output_dir: str | Path, num_examples: int | None = N
 
 def fine_tune(run_cfg: Config, init_from: str | Path, dataset: Dataset, init: str = "ema",
               adapt: Callable | None = None, loss: Callable | None = None,
-              export: Callable | None = None, progress: bool = True) -> Trainer:
+              export: Callable | None = None, progress: bool = True,
+              on_step: Callable | None = None) -> Trainer:
     """Train ``run_cfg`` on ``dataset`` with ``Trainer.fit``, starting from the ``init``
     weights ("ema" or "raw") of the exported ``init_from`` folder; returns the trainer.
 
     ``adapt(unet)`` changes the model before training (LoRA: freeze it, add adapters);
     ``loss(unet)`` builds the loss from the starting model (DPO: its frozen reference);
-    ``export`` replaces the trainer's whole-model export (LoRA: the adapter file). The run
-    resumes from its own checkpoints in ``run_cfg.output_dir`` if it was interrupted.
+    ``export`` replaces the trainer's whole-model export (LoRA: the adapter file);
+    ``on_step(trainer, rec)`` is ``Trainer.fit``'s step hook (what an experiment records per
+    step). The run resumes from its own checkpoints in ``run_cfg.output_dir`` if it was
+    interrupted.
     """
     unet = load_unet(init_from, init)
     if adapt is not None:
@@ -73,7 +76,7 @@ def fine_tune(run_cfg: Config, init_from: str | Path, dataset: Dataset, init: st
     trainer = Trainer(run_cfg, resume=True, progress=progress, unet=unet,
                       loss=loss(unet) if loss is not None else None,
                       dataset_fn=lambda data_cfg, stage: dataset, export=export)
-    trainer.fit()
+    trainer.fit(on_step=on_step)
     return trainer
 
 
