@@ -69,3 +69,20 @@ def test_pairs_round_trip_and_prefer_the_right_image(judge, tmp_path):
     item = data[0]
     assert item["image_w"].shape == (3, 32, 32) and item["caption"] == prompts[0]
     assert item["image_w"].min() >= -1 and item["image_w"].max() <= 1
+
+
+def test_pair_rounds_are_new_seeds_for_the_same_prompts(judge):
+    prompts = random_prompts(3, seed=4)
+
+    def sample_fn(p, seed):
+        return torch.rand(len(p), 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+    both = make_pairs(sample_fn, prompts, judge, seed=10, rounds=2)
+    first = make_pairs(sample_fn, prompts, judge, seed=10)
+    second = make_pairs(sample_fn, prompts, judge, seed=12)
+    assert list(both["prompt"]) == prompts + prompts
+    assert list(both["chosen_area"]) == list(first["chosen_area"]) + list(second["chosen_area"])
+    chosen = both.with_format("numpy")[:]["chosen"]
+    assert (chosen[3:] == second.with_format("numpy")[:]["chosen"]).all()
+    with pytest.raises(ValueError, match="rounds"):
+        make_pairs(sample_fn, prompts, judge, rounds=0)

@@ -153,8 +153,10 @@ def from_uint8(array) -> torch.Tensor:
     return torch.as_tensor(np.asarray(array, dtype=np.float32)) / 127.5 - 1
 
 
-def make_pairs(sample_fn, prompts: list[str], judge: Judge, seed: int = 0):
+def make_pairs(sample_fn, prompts: list[str], judge: Judge, seed: int = 0, rounds: int = 1):
     """Two samples per prompt (seeds ``seed`` and ``seed + 1``), judged, as a ``datasets.Dataset``.
+    ``rounds > 1``: more pairs than prompts - round r draws the same prompts again with seeds
+    ``seed + 2r`` and ``seed + 2r + 1``, the rounds' rows one after the other.
 
     sample_fn(prompts, seed) -> (B, 3, H, W) in [-1, 1]. Columns: prompt, chosen, rejected
     (uint8 (3, H, W)), chosen_/rejected_<score> for each of the judge's scores (match,
@@ -162,8 +164,13 @@ def make_pairs(sample_fn, prompts: list[str], judge: Judge, seed: int = 0):
     ``PairDataset`` drops it). Images are quantised to uint8 before judging, so the stored
     pixels are the judged pixels.
     """
-    from datasets import Array3D, Dataset, Features, Value
+    from datasets import Array3D, Dataset, Features, Value, concatenate_datasets
 
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if rounds > 1:
+        return concatenate_datasets([make_pairs(sample_fn, prompts, judge, seed + 2 * r)
+                                     for r in range(rounds)])
     a = from_uint8(to_uint8(sample_fn(prompts, seed)))
     b = from_uint8(to_uint8(sample_fn(prompts, seed + 1)))
     sa, sb = judge.score(a, prompts), judge.score(b, prompts)
