@@ -189,11 +189,12 @@ def export_adapter(run_dir, raw_model, ema_model, cfg_dict, scheduler, resolutio
 
 
 def train_lora(cfg, base: str | Path, dataset, output_dir: str | Path,
-               progress: bool = True) -> dict:
+               progress: bool = True, seed: int | None = None) -> dict:
     """The LoRA pass in one call: ``fine_tune`` of ``lora_run_config`` from the EMA weights of
     ``base`` (a final/ folder), with the UNet frozen and adapters added, on ``dataset`` (brand
     images with their captions); the adapter is saved to ``output_dir/adapter``. Like every
-    run it checkpoints, resumes and has the health checks.
+    run it checkpoints, resumes and has the health checks. ``seed``: the torch seed the
+    adapters' initial A matrices are drawn with (None: the global generator as it stands).
 
     Returns the numbers of the run: trainable parameters and their fraction, adapter size
     (MB), training time (s, the whole ``fit``: steps, checkpoints and export), first/last loss.
@@ -203,6 +204,8 @@ def train_lora(cfg, base: str | Path, dataset, output_dir: str | Path,
     lc, stats = cfg.lora, {}
 
     def adapt(unet):
+        if seed is not None:
+            torch.manual_seed(seed)
         stats.update(add_lora(unet, lc.rank, lc.alpha, TARGETS[lc.targets]))
     t0 = time.perf_counter()
     trainer = fine_tune(lora_run_config(cfg, output_dir, len(dataset)), base, dataset,
