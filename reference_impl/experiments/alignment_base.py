@@ -4,18 +4,21 @@ without the data safety filter) and the SFT model on top of the filtered one.
 The experiments ``sft``, ``dpo`` and ``safety`` all start where the lifecycle's post-training
 starts, so they share one pre-trained base instead of each paying for its own:
 
-  pretrained(st, filtered)  the ordinary ``Trainer`` on ShapesWorld's web (rich captions, a
-                            share ``unsafe_fraction`` of hazard-sign images), at one resolution;
-                            ``filtered=True`` first drops what ``curation.safety`` flags
-  sft_model(st)             the finishing pass (Emu, arXiv 2309.15807): the filtered model
-                            fine-tuned on the aesthetic top ``sft_fraction`` of its data
-  fine_tune(...)            one short run from an exported model with a given loss and data:
-                            SFT, rejection-sampling fine-tuning and Diffusion-DPO alike
+  pretrained(st, filtered)  the pipeline's pre-training stage: ``curation.safety.filter_dataset``
+                            (``filtered=True``), then the ordinary ``Trainer`` on what is kept of
+                            ShapesWorld's web (rich captions, a share ``unsafe_fraction`` of
+                            hazard-sign images), at one resolution
+  sft_model(st)             the pipeline's curate and SFT stages: ``curation.aesthetic.curate``
+                            keeps the aesthetic top ``sft_fraction`` of the filtered web and
+                            ``training.finetune.sft`` fine-tunes the filtered base on it (Emu,
+                            arXiv 2309.15807)
+  config(st, ...)           the run config at the base's settings; an experiment's own passes are
+                            the library's (``train_dpo``, ``train_lora``, ``sft``) on it, with
+                            their sections (``dpo.*``, ``lora.*``, ``sft.*``) overridden
 
 Each model is an exported ``final/`` folder under ``.cache/experiments/_bases/``, named by the
 hash of the settings that made it and built under a file lock, so two worker processes asking
-at once train it once. Every call into the trainer sits in this file (one place to update if
-the fine-tuning API moves).
+at once train it once. Nothing here re-implements training: every run is the pipeline's.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -54,23 +58,35 @@ def base_settings(st: dict) -> dict:
     return {k: st[k] for k in BASE_KEYS}
 
 
-def config(st: dict, name: str, steps: int, lr: float, batch_size: int, warmup_steps: int,
-           seed: int = 0, **overrides):
-    """A one-stage run config at the base resolution (``experiments.common.make_config``)."""
+def config(st: dict, name: str, seed: int = 0, **overrides):
+    """The run config at the base's settings (``experiments.common.make_config``): pre-training
+    (``pretrain_steps`` at ``resolution``) and the SFT section (``sft_steps``, ``sft_lr``, warm-up
+    over a tenth); ``overrides`` ({"dpo.beta": 125.0, ...}) set the rest."""
     from .common import make_config
 
-    # a scratch folder unless the caller names one: a run must never write into the preset's
-    # own output_dir (runs/laptop, a user's pipeline run), and two workers never share one
-    scratch = cache_dir("experiments", "_work") / f"{name}-{uuid.uuid4().hex[:10]}"
-    sets = {"output_dir": str(scratch), "model.preset": st["preset"], "data.num_train": st["num_train"],
+    sets = {"output_dir": str(cache_dir("experiments", "_work") / name),  # never the preset's own
+            "model.preset": st["preset"], "data.num_train": st["num_train"],
             "data.world.unsafe_fraction": st["unsafe_fraction"],
             "data.world.caption_mix": [0.0, 0.0, 1.0],  # rich captions: the auto-captioned web
-            "train.curriculum": [{"steps": steps, "resolution": st["resolution"],
-                                  "batch_size": batch_size}],
-            "train.batch_size": batch_size, "train.lr": lr, "train.warmup_steps": warmup_steps,
+            "train.curriculum": [{"steps": st["pretrain_steps"], "resolution": st["resolution"],
+                                  "batch_size": st["batch_size"]}],
+            "train.batch_size": st["batch_size"], "train.lr": st["lr"],
+            "train.warmup_steps": st["warmup_steps"], "train.lr_schedule": "linear",
+            "sft.steps": st["sft_steps"], "sft.lr": st["sft_lr"],
+            "sft.batch_size": st["batch_size"], "sft.warmup_steps": max(1, st["sft_steps"] // 10),
             "diffusion.sample_steps": st["sample_steps"],
             "diffusion.guidance_scale": st["guidance_scale"], **overrides}
     return make_config(sets, seed=seed, name=name)
+
+
+@contextmanager
+def scratch(name: str):
+    """A fresh run folder for one pass (two workers never share one), removed afterwards."""
+    path = cache_dir("experiments", "_work") / f"{name}-{uuid.uuid4().hex[:10]}"
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _world(st: dict):
@@ -120,37 +136,27 @@ def info(path: Path) -> dict:
     return json.loads((Path(path) / "info.json").read_text())
 
 
-def fine_tune(cfg, dataset, unet=None, loss=None):
-    """Train ``cfg`` on ``dataset`` (starting from ``unet``, with ``loss`` or the diffusion
-    loss); returns the trainer (its ``ema.shadow`` and ``raw_unet`` are the results)."""
-    from ..training.trainer import Trainer
-
-    trainer = Trainer(cfg, progress=False, unet=unet, loss=loss,
-                      dataset_fn=lambda data_cfg, stage: dataset)
-    trainer.fit()
-    run_dir = Path(cfg.output_dir)
-    if run_dir.parent == cache_dir("experiments", "_work"):  # a scratch folder of ``config``
-        shutil.rmtree(run_dir, ignore_errors=True)
-    return trainer
+def _export(work: Path) -> None:
+    """Keep a run's exported ``final/`` as ``work/final``; drop the rest of the run."""
+    shutil.move(str(work / "run" / "final"), str(work / "final"))
+    shutil.rmtree(work / "run")
 
 
 def pretrained(st: dict, filtered: bool) -> Path:
     """The pre-trained base's exported ``final/`` folder (EMA and raw weights)."""
     def build(work: Path) -> dict:
         from ..curation.safety import filter_dataset
+        from ..training.trainer import Trainer
 
         ds = web(st)
-        if filtered:
-            kept, _ = filter_dataset(ds, curation_models()[2])
-        else:
-            kept = list(range(len(ds)))
+        kept = filter_dataset(ds, curation_models()[2])[0] if filtered else list(range(len(ds)))
         unsafe = [bool(ds.scene(i)["unsafe"]) for i in range(len(ds))]
-        cfg = config(st, f"base-{'filtered' if filtered else 'unfiltered'}", st["pretrain_steps"],
-                     st["lr"], st["batch_size"], st["warmup_steps"],
-                     **{"train.lr_schedule": "linear", "output_dir": str(work / "run")})
-        fine_tune(cfg, Subset(ds, kept))
-        shutil.move(str(work / "run" / "final"), str(work / "final"))
-        shutil.rmtree(work / "run")
+        cfg = config(st, f"base-{'filtered' if filtered else 'unfiltered'}",
+                     output_dir=str(work / "run"))
+        # the pipeline's pre-training stage (pipeline/stages.py: train_pretrain), one process
+        Trainer(cfg, resume=True, progress=False, dataset_fn=lambda data_cfg, stage: Subset(
+            web(st, stage.resolution), kept)).fit()
+        _export(work)
         return {"filtered": filtered, "train_images": len(kept),
                 "unsafe_in_training": sum(unsafe[i] for i in kept), "unsafe_in_web": sum(unsafe)}
 
@@ -159,32 +165,29 @@ def pretrained(st: dict, filtered: bool) -> Path:
 
 
 def sft_positions(st: dict) -> list[int]:
-    """The SFT set: the aesthetic top ``sft_fraction`` of the safety-filtered web."""
-    from ..curation.aesthetic import score_dataset, select_top_k
+    """The SFT set (the pipeline's curate stage): the aesthetic top ``sft_fraction`` of the
+    safety-filtered web, in dataset order."""
+    from ..curation.aesthetic import curate
     from ..curation.safety import filter_dataset
 
     _, scorer, safety = curation_models()
     ds = web(st)
     kept, _ = filter_dataset(ds, safety)
-    scores = score_dataset(Subset(ds, kept), scorer)
-    k = max(1, round(st["sft_fraction"] * len(kept)))
-    return sorted(kept[i] for i in select_top_k(scores, k).tolist())
+    top = curate(Subset(ds, kept), scorer, fraction=st["sft_fraction"])
+    return sorted(kept[i] for i in top.tolist())
 
 
 def sft_model(st: dict) -> Path:
-    """The SFT model's exported ``final/`` folder: the filtered base's EMA, fine-tuned."""
+    """The SFT model's exported ``final/`` folder: ``training.finetune.sft`` (the pipeline's SFT
+    pass) from the filtered base's EMA on ``sft_positions``."""
     base = pretrained(st, filtered=True)
 
     def build(work: Path) -> dict:
-        from ..models.exported import load_unet
+        from ..training.finetune import sft
 
         positions = sft_positions(st)
-        cfg = config(st, "base-sft", st["sft_steps"], st["sft_lr"], st["batch_size"],
-                     max(1, st["sft_steps"] // 10),
-                     **{"train.lr_schedule": "constant_with_warmup", "output_dir": str(work / "run")})
-        fine_tune(cfg, Subset(web(st), positions), unet=load_unet(base, "ema"))
-        shutil.move(str(work / "run" / "final"), str(work / "final"))
-        shutil.rmtree(work / "run")
+        sft(config(st, "base"), base, Subset(web(st), positions), work / "run", progress=False)
+        _export(work)
         return {"train_images": len(positions), "positions": positions}
 
     return _cached("sft", base_settings(st), build) / "final"

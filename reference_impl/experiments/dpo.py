@@ -11,10 +11,12 @@ Arms, all from the same SFT model (``alignment_base.sft_model``), on the same pa
 samples of each of ``pair_prompts`` prompts, ``pairs_per_prompt`` times with new seeds, judged;
 ties counted and dropped):
   sft            the reference itself, untouched
-  dpo beta=B     Diffusion-DPO for ``steps`` steps at each beta of the sweep
+  dpo beta=B     Diffusion-DPO for ``steps`` steps at each beta of the sweep: the pipeline's
+                 own pass (``alignment.dpo.train_dpo``) with ``dpo.beta``, steps, LR and batch
+                 overridden
   rft            rejection-sampling fine-tuning: the diffusion loss on the chosen images only,
-                 same steps and batch - the baseline at equal data; does the rejected image
-                 add anything?
+                 same steps, batch and warm-up - the baseline at equal data; does the rejected
+                 image add anything? The pipeline's SFT pass (``training.finetune.sft``) on them
 Measured on ``num_eval`` held-out prompts (none of the pair prompts), one sample each with the
 same seed for every arm (paired): the judge's win rate against SFT (ties half, Wilson
 interval), the rate of large shapes read by the *evaluation* probe (the preferred attribute,
@@ -65,14 +67,11 @@ def pairs(st: dict):
     sft = base.sft_model(st)
 
     def build(work):
-        from datasets import concatenate_datasets
-
         unet, text, sched = base.load(sft)
-        fn, judge = base.sampler(st, unet, text, sched), _judge()
         prompts = random_prompts(st["pair_prompts"], seed=100, name_size=False)
         # a prompt with no size has 216 forms; more pairs than prompts: new seeds, same prompts
-        ds = concatenate_datasets([make_pairs(fn, prompts, judge, seed=2 * r)
-                                   for r in range(st["pairs_per_prompt"])])
+        ds = make_pairs(base.sampler(st, unet, text, sched), prompts, _judge(), seed=0,
+                        rounds=st["pairs_per_prompt"])
         ds.save_to_disk(str(work / "pairs"))
         return {"n": len(ds), "ties": int(sum(ds["tie"]))}
 
@@ -123,9 +122,9 @@ def run_unit(unit: dict, st: dict) -> dict:
     """Train one arm (or none, for sft), then sample and measure the held-out prompts."""
     import time
 
-    from ..alignment.dpo import DiffusionDPOLoss
+    from ..alignment.dpo import train_dpo
     from ..alignment.preferences import PairDataset
-    from ..models.exported import load_unet
+    from ..training.finetune import sft as train_sft
     from .common import probe
 
     sft = base.sft_model(st)
@@ -134,25 +133,24 @@ def run_unit(unit: dict, st: dict) -> dict:
     ref, text, sched = base.load(sft)
     out, t0 = {}, time.perf_counter()
     policy = ref
+    if "beta" in unit:  # the pipeline's DPO pass (alignment.dpo.train_dpo) at this arm's beta
+        cfg = base.config(st, f"dpo-{unit['beta']:g}", seed=unit["seed"],
+                          **{"dpo.beta": unit["beta"], "dpo.steps": st["steps"],
+                             "dpo.lr": st["dpo_lr"], "dpo.batch_size": st["batch_size_pairs"]})
+        with base.scratch(cfg.name) as work:
+            trainer = train_dpo(cfg, sft, data, work, progress=False)
+        logged = [r for r in trainer.history if "dpo/implicit_acc" in r]
+        last = logged[-max(1, len(logged) // 4):]
+        out["implicit_acc"] = float(np.mean([r["dpo/implicit_acc"] for r in last]))
+        out["reward_margin"] = float(np.mean([r["dpo/reward_margin"] for r in last]))
+    elif unit["arm"] == "rft":  # the pipeline's SFT pass (training.finetune.sft) on the chosen
+        pd = PairDataset(data)  # images, with DPO's steps, batch and warm-up
+        cfg = base.config(st, "rft", seed=unit["seed"],
+                          **{"sft.steps": st["steps"], "sft.warmup_steps": st["steps"] // 10,
+                             "sft.batch_size": min(st["batch_size_pairs"], len(pd))})
+        with base.scratch(cfg.name) as work:
+            trainer = train_sft(cfg, sft, _Chosen(pd), work, progress=False)
     if unit["arm"] != "sft":
-        pd = PairDataset(data)
-        bs = min(st["batch_size_pairs"], len(pd))
-        unet = load_unet(sft, "ema")
-        if "beta" in unit:  # no caption dropout or noise offset: eq. 14 compares two images
-            cfg = base.config(st, f"dpo-{unit['beta']:g}", st["steps"], st["dpo_lr"], bs,
-                              max(1, st["steps"] // 10), seed=unit["seed"],
-                              **{"dpo.beta": unit["beta"], "diffusion.caption_dropout": 0.0,
-                                 "diffusion.noise_offset": 0.0,
-                                 "train.lr_schedule": "constant_with_warmup"})
-            trainer = base.fine_tune(cfg, pd, unet, DiffusionDPOLoss(unet, unit["beta"]))
-            logged = [r for r in trainer.history if "dpo/implicit_acc" in r]
-            last = logged[-max(1, len(logged) // 4):]
-            out["implicit_acc"] = float(np.mean([r["dpo/implicit_acc"] for r in last]))
-            out["reward_margin"] = float(np.mean([r["dpo/reward_margin"] for r in last]))
-        else:
-            cfg = base.config(st, "rft", st["steps"], st["sft_lr"], bs, max(1, st["steps"] // 10),
-                              seed=unit["seed"], **{"train.lr_schedule": "constant_with_warmup"})
-            trainer = base.fine_tune(cfg, _Chosen(pd), unet)
         policy = trainer.ema.shadow.eval()
         out["train_seconds"] = time.perf_counter() - t0
     images = base.sampler(st, policy, text, sched)(prompts, st["eval_seed"])
@@ -302,6 +300,6 @@ EXPERIMENT = Experiment(
                  "keep_images": 12},
     },
     default_seeds={"fast": 1, "full": 1},
-    units=units, run_unit=run_unit, summarize=summarize, version=2)
+    units=units, run_unit=run_unit, summarize=summarize, version=3)
 
 

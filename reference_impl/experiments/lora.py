@@ -5,7 +5,8 @@ matrices per targeted layer and leaves the base frozen. Here the shared SFT base
 (``alignment_base.sft_model``, which never saw the brand look: the web has ``brand_fraction``
 0) learns the brand style (pastel fill, navy outline, caption "... in the brand style") from 50
 brand images, with adapters of rank 1, 4 and 16 and with full fine-tuning, each arm its own
-recipe (``RECIPES``). Measured per arm and seed:
+recipe (``RECIPES``), trained by the pipeline's LoRA pass (``adapters.lora.train_lora``, the
+recipe as ``lora.*`` overrides) and measured through its adapter file. Measured per arm and seed:
 
   brand rate      share of held-out brand prompts (none of the 50 training captions) whose
                   sample the evaluation probe's style head reads as the brand style
@@ -75,32 +76,31 @@ def base_dir(st: dict) -> Path:
 
 
 def _train(st: dict, recipe: dict, seed: int, ds, work: Path):
-    """Fine-tune the SFT base's EMA on ``ds``; (unet with the adapter unmerged, stats)."""
-    import torch
-
+    """Fine-tune the base's EMA on ``ds``: the pipeline's LoRA pass (``adapters.lora.train_lora``)
+    with the recipe as ``lora.*`` overrides, its adapter file loaded back into a fresh base (what
+    a user of the file gets); rank None, the same run config with no adapter (every weight
+    trains). Returns (unet with the adapter unmerged, stats)."""
     from ..adapters import lora as L
     from ..models.exported import load_unet
-    from ..training.finetune import finetune_config
+    from ..training.finetune import fine_tune
 
     rank, steps = recipe["rank"], st.get("steps") or recipe["steps"]
-    cfg = base.config(st, f"lora-{rank}", steps, recipe["lr"], recipe["batch_size"], 0, seed=seed)
-    run = finetune_config(cfg, work, cfg.name, steps, recipe["lr"], recipe["batch_size"],
-                          num_examples=len(ds))
+    sets = {"lora.steps": steps, "lora.lr": recipe["lr"], "lora.batch_size": recipe["batch_size"]}
+    if rank is None:
+        cfg = base.config(st, "lora-None", seed=seed, **sets)
+        t0 = time.perf_counter()
+        trainer = fine_tune(L.lora_run_config(cfg, work, len(ds)), base_dir(st), ds, progress=False)
+        stats = L.trainable_stats(trainer.raw_unet)
+        return trainer.raw_unet.eval(), {"trainable": stats["trainable"], "steps": trainer.step,
+                                         "train_seconds": time.perf_counter() - t0,
+                                         "adapter_mb": stats["trainable_mb"]}  # the whole UNet
+    cfg = base.config(st, f"lora-{rank}", seed=seed, **sets, **{
+        "lora.rank": rank, "lora.alpha": recipe.get("alpha"), "lora.targets": recipe["targets"]})
+    stats = L.train_lora(cfg, base_dir(st), ds, work, progress=False, seed=seed)
     unet = load_unet(base_dir(st), "ema")
-    torch.manual_seed(seed)  # the adapter's A initialisation
-    if rank is not None:
-        stats = L.add_lora(unet, rank, recipe.get("alpha"), L.TARGETS[recipe["targets"]])
-    else:
-        stats = L.trainable_stats(unet)
-    t0 = time.perf_counter()
-    trainer = base.fine_tune(run, ds, unet=unet)
-    seconds = time.perf_counter() - t0
-    out = {"trainable": stats["trainable"], "train_seconds": seconds, "steps": trainer.step}
-    if rank is not None:
-        out["adapter_mb"] = L.adapter_size_mb(L.save_lora(trainer.raw_unet, work / "adapter").parent)
-    else:
-        out["adapter_mb"] = stats["trainable_mb"]  # the whole UNet in float32
-    return trainer.raw_unet.eval(), out
+    L.load_lora(unet, work / "adapter")
+    return unet.eval(), {"trainable": stats["trainable_params"], "steps": stats["steps"],
+                         "train_seconds": stats["train_seconds"], "adapter_mb": stats["adapter_mb"]}
 
 
 def run_unit(unit: dict, st: dict) -> dict:
@@ -218,4 +218,4 @@ EXPERIMENT = Experiment(
             "full": {**base.FULL, "num_images": 50, "num_prompts": 48, "eval_seed": 31,
                      "goal": 0.8, "keep_images": 8}},
     default_seeds={"fast": 1, "full": 2},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=2)
