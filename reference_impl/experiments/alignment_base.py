@@ -146,7 +146,7 @@ def pretrained(st: dict, filtered: bool) -> Path:
     """The pre-trained base's exported ``final/`` folder (EMA and raw weights)."""
     def build(work: Path) -> dict:
         from ..curation.safety import filter_dataset
-        from ..training.trainer import Trainer
+        from ..training.finetune import pretrain
 
         ds = web(st)
         kept = filter_dataset(ds, curation_models()[2])[0] if filtered else list(range(len(ds)))
@@ -154,8 +154,8 @@ def pretrained(st: dict, filtered: bool) -> Path:
         cfg = config(st, f"base-{'filtered' if filtered else 'unfiltered'}",
                      output_dir=str(work / "run"))
         # the pipeline's pre-training stage (pipeline/stages.py: train_pretrain), one process
-        Trainer(cfg, resume=True, progress=False, dataset_fn=lambda data_cfg, stage: Subset(
-            web(st, stage.resolution), kept)).fit()
+        pretrain(cfg, dataset_fn=lambda data_cfg, stage: Subset(web(st, stage.resolution), kept),
+                 progress=False)
         _export(work)
         return {"filtered": filtered, "train_images": len(kept),
                 "unsafe_in_training": sum(unsafe[i] for i in kept), "unsafe_in_web": sum(unsafe)}

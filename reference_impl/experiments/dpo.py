@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..evaluation.stats import decide
+from ..evaluation.stats import bootstrap_interval, decide
 from . import alignment_base as base
-from .runner import Arm, Experiment, Outcome, Summary
+from .runner import Arm, Experiment, Gate, Outcome, Row, Summary, constraint_row, size_row
 
 NAMED = ("kind", "colour", "background", "count")  # what the eval prompts name (no size)
 # the headline arm, fixed with the rule before the first run (eq. 14's beta*T, diffusers'
@@ -218,9 +218,19 @@ def summarize(s: Summary) -> Outcome:
     headline = next(a for a in arms if a.name == f"{_dpo(HEADLINE_BETA)}: win rate vs SFT")
     drop = details["arms"][_dpo(HEADLINE_BETA)]["acc_drop"]
     verdict, reason = decide(headline.lo, headline.hi, 0.5, "above")
-    if verdict == "reproduced" and drop > MAX_ACC_DROP:
-        verdict, reason = "inconclusive", (f"{reason}, but named-attribute accuracy fell by "
-                                           f"{drop:.3f} > {MAX_ACC_DROP}")
+    # the accuracy cost is a side constraint with its own paired interval (same prompts, same
+    # sampling seeds in both arms), never a silent flip of the win rate's verdict
+    drop_fn = lambda a, b: float(np.mean(a) - np.mean(b))  # noqa: E731
+    lo, hi = bootstrap_interval([ref["named_ok"], head["named_ok"]], drop_fn, paired=True)
+    drop_arm = Arm(f"{_dpo(HEADLINE_BETA)}: named-attribute accuracy drop", "SFT - DPO, paired "
+                   "by prompt", drop, lo, hi, n=len(head["named_ok"]), n_what="prompts",
+                   interval="bootstrap (paired)")
+    arms.append(drop_arm)
+    rows = [Row("DPO's images win against SFT's", "claim", headline,
+                "reproduced if the Wilson interval lies above 0.5", verdict, reason),
+            size_row(headline, 2 / 3, "published SDXL-DPO win rate"),
+            constraint_row(f"named-attribute accuracy drops at most {MAX_ACC_DROP}", drop_arm,
+                           MAX_ACC_DROP, "below")]
     reason += (f"; win rate {headline.value:.3f} (goal >= 0.65); accuracy drop {drop:+.3f}; "
                f"vs RFT {vs_rft.value:.3f} [{vs_rft.lo:.3f}, {vs_rft.hi:.3f}]; "
                "published: ~2/3 (SDXL-DPO vs SDXL)")
@@ -229,7 +239,8 @@ def summarize(s: Summary) -> Outcome:
                         "chosen_area": float(np.mean(p["chosen_area"])),
                         "rejected_area": float(np.mean(p["rejected_area"]))}
     details["betas"] = sorted(st["betas"])
-    return Outcome(arms, headline, verdict, reason, _figures(s, details), details)
+    return Outcome(arms, headline, verdict, reason, _figures(s, details), details, rows=rows,
+                   gate_values={"sft_named_acc": acc_sft})
 
 
 def _figures(s: Summary, d: dict) -> list[str]:
@@ -284,9 +295,11 @@ EXPERIMENT = Experiment(
           "the attributes the prompt names (SDXL-DPO was preferred ~2/3 of the time over SDXL).",
     rule="Headline: the judge's win rate of DPO at beta=1250 against SFT on held-out prompts "
          "(one sample each, the same seed; ties count 1/2), 95% Wilson interval over prompts. "
-         "Reproduced if the interval lies above 0.5 and named-attribute accuracy falls by at "
-         "most 0.05; not reproduced if it lies below 0.5; otherwise inconclusive. The goal of "
-         "0.65 and the other betas and RFT are reported, not part of the verdict.",
+         "Reproduced if the interval lies above 0.5; not reproduced if it lies below 0.5; "
+         "otherwise inconclusive. Two rows of their own: its size against the published ~2/3, "
+         "and the side constraint that named-attribute accuracy falls by at most 0.05 (paired "
+         "bootstrap over prompts: held if the interval of the drop lies below 0.05). The goal "
+         "of 0.65 and the other betas and RFT are reported, not part of the verdict.",
     lecture="08_post_training_alignment",
     anchor="SDXL-DPO preferred ~2/3 over SDXL (Wallace et al. 2024, arXiv 2311.12908; 851k "
            "Pick-a-Pic pairs, beta 5000 in their convention = 2500 in ours)",
@@ -300,6 +313,9 @@ EXPERIMENT = Experiment(
                  "keep_images": 12},
     },
     default_seeds={"fast": 1, "full": 1},
-    units=units, run_unit=run_unit, summarize=summarize, version=3)
+    units=units, run_unit=run_unit, summarize=summarize, version=3, rule_fixed="2026-12-08",
+    # the model DPO starts from must draw what it is asked: otherwise "larger" wins by noise
+    gates=(Gate("SFT model: kind, colour, background and count all read back (the experiment's "
+                "held-out prompts)", "sft_named_acc", ">=", 0.6),))
 
 

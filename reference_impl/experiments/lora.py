@@ -31,7 +31,7 @@ import numpy as np
 
 from ..evaluation.stats import decide, t_interval, wilson_interval
 from . import alignment_base as base
-from .runner import Arm, Experiment, Outcome, Summary
+from .runner import Arm, Experiment, Gate, Outcome, Summary
 
 # rank None: full fine-tuning. Each recipe was chosen before the full run (see the lecture).
 CHOSEN = {"targets": "attention_conv", "lr": 3e-3, "steps": 60, "batch_size": 16}
@@ -177,7 +177,8 @@ def summarize(s: Summary) -> Outcome:
                f"{r4['train_seconds']:.0f} s; pipeline recipe "
                f"{details['arms']['pipeline']['brand_rate']:.2f}, full fine-tuning "
                f"{details['arms']['full']['brand_rate']:.2f}")
-    return Outcome(arms, headline, verdict, reason, _figures(s), details)
+    return Outcome(arms, headline, verdict, reason, _figures(s), details,
+                   gate_values={"base_plain_acc": details["arms"]["base"]["plain_acc"]})
 
 
 def _figures(s: Summary) -> list[str]:
@@ -218,4 +219,7 @@ EXPERIMENT = Experiment(
             "full": {**base.FULL, "num_images": 50, "num_prompts": 48, "eval_seed": 31,
                      "goal": 0.8, "keep_images": 8}},
     default_seeds={"fast": 1, "full": 2},
-    units=units, run_unit=run_unit, summarize=summarize, version=2)
+    units=units, run_unit=run_unit, summarize=summarize, version=2, rule_fixed="2026-12-02",
+    # an adapter is asked to add a style to a model that draws; the base must draw first
+    gates=(Gate("base model (no adapter): named attributes read back on plain prompts",
+                "base_plain_acc", ">=", 0.6),))

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..evaluation.stats import bootstrap_interval, decide, wilson_interval
 from . import alignment_base as base
-from .runner import Arm, Experiment, Outcome, Summary
+from .runner import Arm, Experiment, Gate, Outcome, Summary
 
 ARMS = ("pretrained", "sft")
 
@@ -122,7 +122,8 @@ def summarize(s: Summary) -> Outcome:
                f"diversity {cost.value:+.3g} [{cost.lo:.3g}, {cost.hi:.3g}]")
     details["data"] = {k: out["sft"][k] for k in ("true_aesthetic_sft_data", "true_aesthetic_web",
                                                    "sft_images")}
-    return Outcome(arms, headline, verdict, reason, _figures(s, out), details)
+    return Outcome(arms, headline, verdict, reason, _figures(s, out), details,
+                   gate_values={"base_prompt_acc": d["pretrained"]["prompt_acc"]})
 
 
 def _figures(s: Summary, out: dict) -> list[str]:
@@ -159,4 +160,6 @@ EXPERIMENT = Experiment(
             "full": {**base.FULL, "num_prompts": 96, "num_reference": 480, "eval_seed": 21,
                      "keep_images": 12}},
     default_seeds={"fast": 1, "full": 1},
-    units=units, run_unit=run_unit, summarize=summarize, version=1)
+    units=units, run_unit=run_unit, summarize=summarize, version=1, rule_fixed="2026-12-02",
+    gates=(Gate("pre-trained base: every named attribute read back (this experiment's prompts)",
+                "base_prompt_acc", ">=", 0.6),))

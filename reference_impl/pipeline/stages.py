@@ -34,8 +34,8 @@ from ..models.exported import load_scheduler, load_unet
 from ..models.text_encoder import TextEncoder
 from ..training.commands import build_validator
 from ..training.finetune import measure
+from ..training.finetune import pretrain as run_pretrain
 from ..training.finetune import sft as run_sft
-from ..training.trainer import Trainer
 from .launch import num_processes, train_on_every_core
 from .lifecycle import STAGES
 
@@ -141,10 +141,9 @@ def train_pretrain(p, out: Path) -> dict:
     """The trainer and its curriculum, on the filtered, re-captioned web data (every rank)."""
     kept = p.read_json("safety/kept.json")
     cfg = dataclasses.replace(p.cfg, output_dir=str(out))
-    trainer = Trainer(cfg, resume=True, progress=p.progress, validator=build_validator(cfg),
-                      dataset_fn=lambda data_cfg, stage: Subset(
-                          web_data(p, stage.resolution, stage.hq_fraction), kept))
-    trainer.fit()
+    trainer = run_pretrain(cfg, dataset_fn=lambda data_cfg, stage: Subset(
+        web_data(p, stage.resolution, stage.hq_fraction), kept),
+        validator=build_validator(cfg), progress=p.progress)
     final = [r for r in trainer.history if r.get("final")]  # rank 0 validates
     return {"steps": trainer.step, "train_images": len(kept), "final": final[-1] if final else {}}
 

@@ -56,6 +56,20 @@ def sft_config(cfg: Config, output_dir: str | Path, num_examples: int | None = N
                            s.warmup_steps, num_examples)
 
 
+def pretrain(cfg: Config, dataset_fn: Callable | None = None, validator=None,
+             progress: bool = True, on_step: Callable | None = None) -> Trainer:
+    """Pre-train ``cfg`` from scratch through its curriculum with ``Trainer.fit``; returns the
+    trainer (its run exported to ``cfg.output_dir/final``). ``dataset_fn(data_cfg, stage)``
+    replaces each stage's ShapesWorld (the pipeline: the safety-filtered, re-captioned web);
+    ``validator`` measures along the way. The run resumes from its own checkpoints. The one
+    entry for a pre-training run, as ``fine_tune`` is for a pass that starts from a model.
+    """
+    trainer = Trainer(cfg, resume=True, progress=progress, validator=validator,
+                      dataset_fn=dataset_fn)
+    trainer.fit(on_step=on_step)
+    return trainer
+
+
 def fine_tune(run_cfg: Config, init_from: str | Path, dataset: Dataset, init: str = "ema",
               adapt: Callable | None = None, loss: Callable | None = None,
               export: Callable | None = None, progress: bool = True,
