@@ -226,3 +226,16 @@ def _read_log(path: Path) -> list[dict]:
     """The training records of a run's metrics.jsonl (those with a loss)."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in rows if "loss" in r]
+
+
+def brand_images(world, num_images: int, resolution: int):
+    """The brand's look, the images a LoRA adapter learns it from: ``num_images`` scenes of
+    ``world`` under another seed, every one in the brand style, sharp, rich captions, no
+    hazard signs. The pipeline's lora stage and the lora experiment both train on this."""
+    import dataclasses
+
+    from ..data.shapes import ShapesWorld
+
+    brand = dataclasses.replace(world, seed=world.seed + 7, brand_fraction=1.0,
+                                caption_mix=[0.0, 0.0, 1.0], unsafe_fraction=0.0, hq_fraction=1.0)
+    return ShapesWorld(brand, num_images, resolution)

@@ -22,7 +22,6 @@ attention-only targets, which separates the effect of the layers from that of st
 """
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -51,12 +50,10 @@ def units(settings: dict, seeds: list[int]) -> list[dict]:
 
 
 def brand_set(st: dict):
-    """The 50 brand images: the base's world, another seed, every scene in the brand style."""
-    from ..data.shapes import ShapesWorld
+    """The 50 brand images: the base's world through the pipeline's own brand set."""
+    from ..adapters.lora import brand_images
 
-    world = dataclasses.replace(base._world(st), seed=base._world(st).seed + 7,
-                                brand_fraction=1.0, unsafe_fraction=0.0, hq_fraction=1.0)
-    return ShapesWorld(world, st["num_images"], st["resolution"])
+    return brand_images(base._world(st), st["num_images"], st["resolution"])
 
 
 def eval_prompts(st: dict, ds) -> tuple[list[str], list[str]]:

@@ -246,10 +246,7 @@ def dpo(p, out: Path) -> dict:
 
 def brand_images(p) -> ShapesWorld:
     """The brand's look: ``lora.num_images`` scenes, all in the brand style, rich captions."""
-    world = dataclasses.replace(p.cfg.data.world, seed=p.cfg.data.world.seed + 7,
-                                brand_fraction=1.0, caption_mix=[0.0, 0.0, 1.0],
-                                unsafe_fraction=0.0, hq_fraction=1.0)
-    return ShapesWorld(world, p.cfg.lora.num_images, p.res)
+    return lora_lib.brand_images(p.cfg.data.world, p.cfg.lora.num_images, p.res)
 
 
 def train_lora_run(p, out: Path) -> dict:
