@@ -212,3 +212,15 @@ def test_stats_equal_their_scipy_oracles():
     assert ours.decide(0.5, 0.9, 1.0)[0] == "not reproduced"
     assert ours.decide(0.9, 1.2, 1.0)[0] == "inconclusive"
     assert ours.decide(0.97, 1.02, 1.0, equivalence=0.05)[0] == "not reproduced"
+
+
+def test_results_page_lists_every_claim_and_ships_each_result(toy, tmp_path):
+    from reference_impl.experiments.results_page import cached_result
+
+    res = runner.run_experiment("toy", "fast", workers=1, progress=False)
+    out = tmp_path / "docs"
+    text = write_page([res], out, pending=["collapse"]).read_text()
+    assert "| *pending* |" in text and "experiment collapse --scale full" in text
+    shipped = runner.Result.from_dict(json.loads((out / "results" / "toy.json").read_text()))
+    assert shipped.to_dict() == res.to_dict()
+    assert cached_result("toy", "fast", out).arm("slow").value == res.arm("slow").value

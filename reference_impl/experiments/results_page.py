@@ -9,11 +9,24 @@ its numbers: the page reports what was measured, not what was hoped.
 from __future__ import annotations
 
 import datetime
+import json
 import shutil
 import sys
 from pathlib import Path
 
-from .runner import EXPERIMENTS, SCALES, ExperimentError, Result, get, names, run_experiment
+from ..paths import content_hash
+from .runner import (
+    EXPERIMENTS,
+    SCALES,
+    ExperimentError,
+    Result,
+    experiment_config,
+    get,
+    names,
+    result_dir,
+    run_experiment,
+    seed_list,
+)
 
 BADGE = {"reproduced": "reproduced", "not reproduced": "**not reproduced**",
          "inconclusive": "*inconclusive*", "underpowered": "*underpowered*",
@@ -70,8 +83,35 @@ def rows_table(r: Result) -> str:
     return "\n".join(lines)
 
 
-def write_page(results: list[Result], out: Path, note: str | None = None) -> Path:
-    """docs/results.md and its figures from a list of results; returns the page's path."""
+def cached_result(name: str, scale: str, out: Path) -> Result | None:
+    """The result of ``name`` at ``scale`` without computing: the local cache (its default
+    seeds), else the one this page shipped (``out/results/<name>.json``), else None."""
+    exp = get(name)
+    config = experiment_config(exp, scale, seed_list(exp, scale, None))
+    path = result_dir(name, scale, content_hash(config)) / "result.json"
+    shipped = out / "results" / f"{name}.json"
+    for p in (path, shipped):
+        if p.exists():
+            stored = json.loads(p.read_text())
+            if stored.get("scale") == scale:
+                res = Result.from_dict(stored)
+                res.cached = True
+                return res
+    return None
+
+
+def pending_row(name: str) -> str:
+    """A claim with no result under the gated runner: listed, with no number and no verdict."""
+    exp = get(name)
+    return (f"| {_cell(exp.claim)} | not yet measured with the competence gate "
+            f"(`python -m reference_impl experiment {name} --scale full`) | *pending* "
+            f"| `lectures/{exp.lecture}.ipynb` | |")
+
+
+def write_page(results: list[Result], out: Path, note: str | None = None,
+               pending: list[str] = ()) -> Path:
+    """docs/results.md and its figures from a list of results (each also shipped as
+    ``out/results/<name>.json``); ``pending`` names claims not measured yet. Returns the page."""
     fig_dir = out / "figures" / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)
     figs: dict[str, list[str]] = {}
@@ -96,13 +136,22 @@ def write_page(results: list[Result], out: Path, note: str | None = None) -> Pat
         "| claim | measured | verdict | lecture | figure |",
         "|---|---|---|---|---|",
     ]
+    shipped = out / "results"
+    shipped.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        (shipped / f"{r.name}.json").write_text(json.dumps(r.to_dict(), indent=1, default=float))
+    table: dict[str, list[str]] = {n: [pending_row(n)] for n in pending}
     for r in results:
         fig = f"[{Path(figs[r.name][0]).stem}]({figs[r.name][0]})" if figs[r.name] else ""
-        lines.append(f"| {_cell(r.claim)} | {_cell(r.headline.metric)}: {_cell(r.headline.text())} "
-                     f"| {BADGE[r.verdict]} | `lectures/{r.lecture}.ipynb` | {fig} |")
-        for w in r.rows[1:]:  # the claim's other questions, each with its own verdict
-            lines.append(f"| ↳ {_cell(w.label)} | {_cell(w.measured.metric)}: "
-                         f"{_cell(w.measured.text())} | {BADGE.get(w.verdict, w.verdict)} | | |")
+        table[r.name] = [(f"| {_cell(r.claim)} | {_cell(r.headline.metric)}: "
+                         f"{_cell(r.headline.text())} | {BADGE[r.verdict]} "
+                         f"| `lectures/{r.lecture}.ipynb` | {fig} |")]
+        # the claim's other questions, each with its own verdict
+        table[r.name] += [f"| ↳ {_cell(w.label)} | {_cell(w.measured.metric)}: "
+                          f"{_cell(w.measured.text())} | {BADGE.get(w.verdict, w.verdict)} | | |"
+                          for w in r.rows[1:]]
+    order = [n for n in names() if n in table] + [n for n in table if n not in names()]
+    lines += [line for n in order for line in table[n]]
     for r in results:
         m = r.machine
         dated = f" (fixed {r.rule_fixed})" if r.rule_fixed else ""
@@ -129,14 +178,24 @@ def write_page(results: list[Result], out: Path, note: str | None = None) -> Pat
 
 
 def main(args) -> int:
+    """Compute the chosen experiments (default: all); every other claim comes from the cache
+    or the shipped results, or is listed as pending - the page always lists every claim."""
     chosen = args.only or names()
+    out = Path(args.out)
     try:
-        results = [run_experiment(n, args.scale, None, force=args.force, workers=args.workers,
-                                  progress=not args.no_progress) for n in chosen]
+        computed = {n: run_experiment(n, args.scale, None, force=args.force, workers=args.workers,
+                                      progress=not args.no_progress) for n in chosen}
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    page = write_page(results, Path(args.out), args.note)
+    results, pending = [], []
+    for n in names():
+        r = computed.get(n) or cached_result(n, args.scale, out)
+        if r is not None and (r.gate or r.gate_note):  # measured with the gated runner
+            results.append(r)
+        elif n not in computed:
+            pending.append(n)
+    page = write_page(results, out, args.note, pending)
     for r in results:
         print(f"{r.name:<13} {r.verdict:<15} {r.headline.metric}: {r.headline.text()}")
     print(f"wrote {page}")
