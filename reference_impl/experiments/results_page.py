@@ -136,6 +136,9 @@ def write_page(results: list[Result], out: Path, note: str | None = None,
         "| claim | measured | verdict | lecture | figure |",
         "|---|---|---|---|---|",
     ]
+    for name in pending:  # a pending claim shows no figure of an older measurement
+        for old in fig_dir.glob(f"{name}-*.png"):
+            old.unlink()
     shipped = out / "results"
     shipped.mkdir(parents=True, exist_ok=True)
     for r in results:
