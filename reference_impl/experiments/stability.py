@@ -89,8 +89,9 @@ difference of ~0.05-0.1 with a per-seed sd of ~0.07, for a half-width of 1.96 x 
 0.056 at k = 6, 0.043 at k = 10 - so the maximum, and row 2 may still end inconclusive.
 
 Time: the pilot's runs took 7-11 s each when they ran all 40 steps and 2-7 s when they aborted
-(one thread, the box loaded by other training; a process's first run ~5 s more): ~150 s per seed over the grid (both arms), so
-10 seeds = ~25 min of worker time, ~13-15 min of wall time with two one-thread workers.
+(one thread, the box loaded by other training; a process's first run ~5 s more): ~150 s per
+seed over the grid (both arms), so 10 seeds = ~25 min of worker time, ~13-15 min of wall time
+with two one-thread workers.
 """
 from __future__ import annotations
 
