@@ -220,7 +220,7 @@ def summarize(s: Summary) -> Outcome:
     verdict, reason = decide(headline.lo, headline.hi, 0.5, "above")
     # the accuracy cost is a side constraint with its own paired interval (same prompts, same
     # sampling seeds in both arms), never a silent flip of the win rate's verdict
-    drop_fn = lambda a, b: float(np.mean(a) - np.mean(b))  # noqa: E731
+    drop_fn = lambda a, b: float(np.mean(a) - np.mean(b))
     lo, hi = bootstrap_interval([ref["named_ok"], head["named_ok"]], drop_fn, paired=True)
     drop_arm = Arm(f"{_dpo(HEADLINE_BETA)}: named-attribute accuracy drop", "SFT - DPO, paired "
                    "by prompt", drop, lo, hi, n=len(head["named_ok"]), n_what="prompts",

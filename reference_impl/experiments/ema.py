@@ -34,8 +34,8 @@ import torch
 from ..diffusion.objectives import min_snr_weights, per_sample_mse, sample_noise, training_target
 from ..diffusion.schedule import snr
 from ..evaluation.stats import decide, mean, t_interval, wilson_interval
-from .common import make_config, train_and_measure, validator
 from .bases import GATE_KEY, accuracy_gate
+from .common import make_config, train_and_measure, validator
 from .runner import Arm, Experiment, Outcome, Summary
 
 ARMS = ("linear", "constant")  # the laptop's linear decay to 0, and a constant LR (both warm up)

@@ -56,8 +56,8 @@ from ..evaluation import stats
 from ..evaluation.metrics import sharpness_contrast
 from ..models.unet import build_unet
 from ..training.throughput import module_step_flops
-from .common import make_config, train_and_measure, validator
 from .bases import GATE_KEY, accuracy_gate
+from .common import make_config, train_and_measure, validator
 from .runner import Arm, Experiment, Outcome, Row, claim_row, size_row
 
 CURRICULUM_ARMS = ("32px only", "16->32px curriculum")

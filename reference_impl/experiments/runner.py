@@ -477,7 +477,7 @@ def run_experiment(name: str, scale: str = "fast", seeds: int | None = None, for
                  wall_s=wall, unit_seconds=unit_seconds, units_cached=n_cached, details=outcome.details,
                  machine=machine(), rows=rows, gate=gate, gate_met=met, gate_note=exp.gate_note,
                  rule_fixed=exp.rule_fixed, commit=_commit(),
-                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+                 date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res.to_dict(), indent=1, default=float))
     tmp.replace(path)
