@@ -6,6 +6,10 @@ One *jail* is one sandboxed process tree (the feedback kernel, or the hidden-che
   tree dies with it), read-only ``/usr``, the Python installation, the venv and the public
   ``reference_impl`` package; read-write only the jail's own folder. ``solutions/``, the rest of
   the repository, the gradebook, ``OUT/``, other students and the other jail are not mounted.
+* What an assignment asks the student to write is not offered: every module of the course's
+  declarations' ``withhold`` lists (scan.py; e.g. ``reference_impl/training/ema.py``, diffusers'
+  ``training_utils.py``) has ``withheld.py`` bound over it - importing it raises ImportError -
+  and an empty, read-only tmpfs over its ``__pycache__`` (no compiled copy to unmarshal).
 * HOME, IPYTHONDIR and MPLCONFIGDIR are under ``.home/``, a folder the grader creates empty in
   the jail (a student's own ``home``/``.home`` is never used: no startup files run); the
   environment is cleared; ``/tmp`` is a fresh tmpfs.
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HARNESS = Path(__file__).resolve().parent / "harness.py"
+WITHHELD_STUB = Path(__file__).resolve().parent / "withheld.py"
 HARNESS_IN_JAIL = "/opt/autograder/harness.py"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 HOME, IPC = ".home", ".ipc"  # grader-made folders in each jail root (never the student's)
@@ -66,6 +71,33 @@ def _readonly_mounts() -> list[str]:
     if spec is not None and spec.origin:
         paths.add(Path(spec.origin).resolve().parent)
     return [str(p) for p in sorted(paths)]
+
+
+def withheld_mounts(modules: list[str] | None = None) -> list[str]:
+    """bwrap arguments that take ``modules`` (default: every module any assignment of the
+    course withholds) out of the jail: the stub over each file, a tmpfs over its __pycache__."""
+    from . import scan  # here, not at the top: ``enter`` runs this file without site-packages
+
+    if modules is None:
+        modules = scan.course_declaration()["withhold"]
+    visible = [Path(p) for p in _readonly_mounts()] + [Path("/usr")]
+    args, caches = [], set()
+    for m in modules:
+        f = scan.module_file(m)
+        f = f.resolve() if f is not None else None
+        if f is None or not any(f.is_relative_to(v) for v in visible):
+            continue  # not installed, or not mounted: the jail cannot see it anyway
+        args += ["--ro-bind", str(WITHHELD_STUB), str(f)]
+        cache = f.parent / "__pycache__"
+        try:  # made now if missing, so that no compiled copy can appear in it later
+            cache.mkdir(exist_ok=True)
+        except OSError:
+            pass
+        if cache.is_dir():
+            caches.add(str(cache))
+    for cache in sorted(caches):
+        args += ["--tmpfs", cache]
+    return args
 
 
 ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "fonts", "passwd", "group",
@@ -193,12 +225,14 @@ def describe(limits: Limits | None = None) -> str:
 # ---- the jail command -------------------------------------------------------------------
 
 def jail_command(root: Path, command: list[str], limits: Limits, slot: int = 0,
-                 env: dict[str, str] | None = None, cgroup: Cgroup | None = None) -> list[str]:
+                 env: dict[str, str] | None = None, cgroup: Cgroup | None = None,
+                 withhold: list[str] | None = None) -> list[str]:
     """``python -m autograder.sandbox enter ... prlimit ... setpriv ... bwrap ... command``.
 
     ``root`` (same path inside) is the jail's only writable, visible folder. The first stage
     (still root) puts itself into ``cgroup``; prlimit and setpriv then exec into bwrap, so the
-    whole tree is in the cgroup, limited and unprivileged.
+    whole tree is in the cgroup, limited and unprivileged. ``withhold``: the modules not offered
+    (default: every module the course's assignments withhold, see ``withheld_mounts``).
     """
     exe = bwrap_path()
     if exe is None:
@@ -236,6 +270,7 @@ def jail_command(root: Path, command: list[str], limits: Limits, slot: int = 0,
             args += ["--perms", "0755", "--dir", d]
     for p in mounts:
         args += ["--ro-bind", p, p]
+    args += withheld_mounts(withhold)
     args += ["--ro-bind", str(HARNESS), HARNESS_IN_JAIL]
     args += ["--bind", str(root), str(root), "--chdir", str(root)]
     home = f"{root}/{HOME}"
