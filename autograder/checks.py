@@ -12,6 +12,19 @@ The student's functions get the inputs only (``harness.py`` in the sandbox); wha
 plain JSON, validated and compared here with our own arithmetic (no student ``abs``,
 ``allclose`` or float subclass is involved). Expected values come from ``want`` or from running
 the source's own solution through the same harness, on the trusted side, once per batch.
+
+**Measurements** are made here, not taken from the student: ``check(..., measure=fn)`` applies
+``fn``, a function of the hidden region, on the trusted side to what the student's function
+returned (e.g. a trained model's weights) and compares *its* result with ``want``; the hidden
+region's code travels with the case and never reaches a jail.
+
+**Code the student did not write** (scan.py): ``spec`` attaches the source's declaration
+(``metadata.autograder``) to each test's first case; ``plan`` - which sees every cell the
+harness will run - records, for each declared part whose functions reach an import of a
+withheld module, a library equivalent or a function copied from the course's reference code,
+``not_written`` on that part's test cases (trusted side only, never sent to the jail), and
+``score`` gives those tests 0 with the reason. The instructor can restore them after review
+(``manual --override``).
 """
 from __future__ import annotations
 
@@ -24,10 +37,12 @@ import tempfile
 from pathlib import Path
 
 from . import notebook as nbu
+from . import scan
 from .sandbox import HARNESS
 
 MAX_RESULTS = 20 * 2**20  # bytes of harness output read back
-EXPECTED_KEYS = ("want", "atol", "rtol")
+# What a case holds for the trusted side only: stripped from the plan the jail gets.
+EXPECTED_KEYS = ("want", "atol", "rtol", "measure", "declared", "not_written")
 
 
 def tensor(values, requires_grad: bool = False) -> dict:
@@ -46,26 +61,56 @@ def cases_of(source_cell_text: str) -> list[dict]:
     """Run a test cell's hidden region (trusted grader code) and return its cases."""
     found: list[dict] = []
 
+    code = ""
+
     def check(call, *args, kwargs=None, then=None, report=("return",), want=None,
-              atol=0.0, rtol=0.0):
-        c = dict(call=call, args=list(args), kwargs=dict(kwargs or {}),
-                 report=list(report), atol=float(atol), rtol=float(rtol))
+              atol=0.0, rtol=0.0, measure=None):
+        c = {"call": call, "args": list(args), "kwargs": dict(kwargs or {}),
+             "report": list(report), "atol": float(atol), "rtol": float(rtol)}
         if then:
             c["then"] = [list(t) for t in then]
         if want is not None:
             c["want"] = want
+        if measure is not None:  # a function of this hidden region, applied on this side
+            c["measure"] = {"code": code, "name": measure.__name__}
         found.append(json.loads(json.dumps(c)))  # plain data only, and a fresh copy
 
     for block in nbu.HIDDEN.finditer(source_cell_text):
         code = "\n".join(block.group(0).splitlines()[1:-1])
-        exec(compile(code, "<hidden checks>", "exec"),  # noqa: S102 - the instructor's source
-             {"check": check, "tensor": tensor, "arg": arg, "__name__": "hidden_checks"})
+        _hidden_namespace(code, check)
     return found
 
 
+def _hidden_namespace(code: str, check) -> dict:
+    ns = {"check": check, "tensor": tensor, "arg": arg, "__name__": "hidden_checks"}
+    exec(compile(code, "<hidden checks>", "exec"), ns)  # noqa: S102 - the instructor's source
+    return ns
+
+
+_MEASURES: dict[tuple[str, str], object] = {}
+
+
+def measured(case: dict, value: dict) -> dict:
+    """What is compared for a case: the student's reported values, or - for a measured case -
+    the grader's own measurement of the returned value (its ``measure`` function, here)."""
+    m = case.get("measure")
+    if not m:
+        return value
+    key = (m["code"], m["name"])
+    if key not in _MEASURES:
+        _MEASURES[key] = _hidden_namespace(m["code"], lambda *a, **k: None)[m["name"]]
+    return {"return": _MEASURES[key](value.get("return"))}
+
+
 def spec(source) -> dict[str, list[dict]]:
-    """{test grade_id: [case, ...]} for every test cell of the source notebook."""
-    return {nbu.grade_id(c): cases_of(c.source) for c in source.cells if nbu.is_test(c)}
+    """{test grade_id: [case, ...]} for every test cell of the source notebook; each test's
+    first case also carries the source's declaration (``declared``, see scan.py)."""
+    out = {nbu.grade_id(c): cases_of(c.source) for c in source.cells if nbu.is_test(c)}
+    decl = scan.declaration(source)
+    for cases in out.values():
+        if cases and decl["parts"]:
+            cases[0]["declared"] = json.loads(json.dumps(decl))
+    return out
 
 
 def inputs_only(cases: list[dict]) -> list[dict]:
@@ -83,7 +128,28 @@ def plan(cells: list[tuple[str, str | None]], checks: dict[str, list[dict]],
             items.append({"cell": x})
         elif checks.get(x):
             items.append({"check": x, "cases": inputs_only(checks[x])})
+    mark_not_written([i["cell"] for i in items if "cell" in i], checks)
     return {"items": items, "cell_timeout": cell_timeout}
+
+
+def mark_not_written(sources: list[str], checks: dict[str, list[dict]]) -> None:
+    """On the trusted side: ``not_written`` (the reason) on the first case of a test one of whose
+    declared parts reaches code the student did not write (scan.part_findings); removed from
+    every other case (the batch's reference run goes through here first)."""
+    decl = next((cases[0]["declared"] for cases in checks.values()
+                 if cases and "declared" in cases[0]), None)
+    reasons: dict[str, list[str]] = {}
+    if decl is not None:
+        for part, found in zip(decl["parts"], scan.part_findings(sources, decl)):
+            if found:
+                why = ", ".join(dict.fromkeys(f.flag() for f in found))
+                for gid in part["tests"]:
+                    reasons.setdefault(gid, []).append(f"{part['name'] or 'a part'}: {why}")
+    for gid, cases in checks.items():
+        for c in cases:
+            c.pop("not_written", None)
+        if cases and gid in reasons:
+            cases[0]["not_written"] = "; ".join(reasons[gid])
 
 
 def reference_plan(source, checks, cell_timeout) -> dict:
@@ -139,11 +205,11 @@ def expected(checks: dict[str, list[dict]], reference: dict[str, list[dict]]) ->
         for k, c in enumerate(cases):
             if "want" in c:
                 w = {"return": c["want"]}
-                if k < len(ref) and "value" in ref[k] and not match(ref[k]["value"], w,
-                                                                    c["atol"], c["rtol"])[0]:
+                if k < len(ref) and "value" in ref[k] and not match(
+                        measured(c, ref[k]["value"]), w, c["atol"], c["rtol"])[0]:
                     raise RuntimeError(f"the reference solution fails {gid} case {k}")
             elif k < len(ref) and "value" in ref[k]:
-                w = ref[k]["value"]
+                w = measured(c, ref[k]["value"])
             else:
                 raise RuntimeError(f"the reference solution did not answer {gid} case {k}: "
                                    f"{ref[k] if k < len(ref) else 'no result'}")
@@ -192,6 +258,15 @@ def score(gid: str, cases: list[dict], exp: list[tuple], got: list | None,
     """(passed, trusted message) for one test: all its cases must match."""
     if not cases:
         return False, "no hidden check is defined for this test (instructor: see checks.py)"
+    ok, msg = _score(cases, exp, got, why_missing)
+    taken = next((c["not_written"] for c in cases if c.get("not_written")), None)
+    if taken:
+        return False, (f"0 points: this test grades code the student did not write ({taken}); "
+                       f"its checks: {msg}. The instructor may restore the points after review")
+    return ok, msg
+
+
+def _score(cases, exp, got, why_missing) -> tuple[bool, str]:
     if got is None:
         return False, f"not checked: {why_missing}"
     reasons: dict[str, int] = {}
@@ -201,8 +276,11 @@ def score(gid: str, cases: list[dict], exp: list[tuple], got: list | None,
         if not isinstance(r, dict):
             why = f"{call} was not checked"
         elif "value" in r:
-            ok, why = match(r["value"], want, atol, rtol)
-            why = "" if ok else f"{call} returned {why}"
+            try:
+                ok, why = match(measured(case, r["value"]), want, atol, rtol)
+                why = "" if ok else f"{call} returned {why}"
+            except Exception:  # noqa: BLE001 - the grader could not measure what came back
+                why = f"{call} returned a value the grader could not measure"
         else:
             e = r.get("error")
             why = (f"{call} is not defined" if e == "missing" else
