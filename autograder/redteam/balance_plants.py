@@ -19,6 +19,7 @@ from pathlib import Path
 import nbformat
 
 from .. import notebook as nbu
+from . import reference_plants
 from .plants import Plant, replace, solved_from
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,6 +69,8 @@ PLANTS = {
         solved(), "toy_impl", 'sample_weights(labels, "inverse")',
         'sample_weights(labels, "temperature")'), {"test_rare_share_balanced"}),
 }
+
+PLANTS.update(reference_plants.balance())  # borrowed code, a rule, a measurement (issue 25)
 
 
 def write(dest: Path) -> None:

@@ -15,6 +15,8 @@ import nbformat
 from nbformat.v4 import new_code_cell
 
 from .. import notebook as nbu
+from . import trust_plants
+from . import reference_plants
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "solutions" / "ema" / "ema.ipynb"
@@ -446,6 +448,14 @@ CHECKS = {
                                set(DECAY + UPDATE + PART_C),
                                why="searches /tmp, /proc, .. and HOME for expected values"),
 }
+
+
+CHECKS.update(reference_plants.ema())  # borrowed code, a rule, a measurement (issue 25)
+
+
+# What the trusted side trusts (issue 25): links, hard links, formulas (trust_plants.py).
+FULL.update({s: Plant(**p) for s, p in trust_plants.EMA_FULL.items()})
+CHECKS.update({s: Plant(**p) for s, p in trust_plants.EMA_CHECKS.items()})
 
 
 def write(dest: Path) -> None:
