@@ -10,15 +10,18 @@ helpers as the EMA red-team suite (tests/test_autograder_redteam.py).
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from test_autograder_redteam import SANDBOX_PROBLEM, _check_scores, _grade
 
 from autograder import checks
 from autograder import notebook as nbu
 from autograder.redteam import allreduce_plants as plants
+from autograder.redteam import reference_plants
 from reference_impl.distributed import allreduce as ref
 from reference_impl.distributed import cost_model
 
@@ -58,6 +61,27 @@ def test_hidden_expected_values_agree_with_reference_impl():
         assert c["want"] == pytest.approx(cost_model.tree_time(*c["args"]), rel=1e-12, abs=1e-18)
 
 
+def test_the_rule_is_checked_by_the_values():
+    """Part B's hidden sums on N >= 3 ranks are float32 values only the ring's order of
+    additions produces: not the exact sum (a float64 detour), not rank order (gather and add)."""
+    import numpy as np
+
+    spec = checks.spec(nbu.read(plants.SOURCE))["test_ring_on_processes"]
+    strict = [c for c in spec if len(c["args"][0]) >= 3 and
+              max(abs(x) for row in c["args"][0] for x in row) >= 2 ** 25]
+    assert len(strict) >= 3
+    for c in strict:
+        vals = np.array(c["args"][0], dtype=np.float32)
+        want = c["want"][0][0]
+        assert want != vals.astype(np.float64).sum(0).tolist()
+        in_rank_order = vals[0].copy()
+        for row in vals[1:]:
+            in_rank_order = (in_rank_order + row).astype(np.float32)
+        assert want != in_rank_order.tolist()
+        sums, _ = ref.simulate_ring_all_reduce([torch.tensor(v) for v in c["args"][0]])[::2]
+        assert all(s.tolist() == want for s in sums)
+
+
 @sandboxed
 def test_planted_submissions_get_their_honest_scores(tmp_path):
     course = tmp_path / "course"
@@ -73,3 +97,17 @@ def test_planted_submissions_get_their_honest_scores(tmp_path):
     assert float(hang["total"]) == plants.AUTO_MAX - plants.POINTS["test_ring_on_processes"]
     page = (out / "feedback" / "hangs_in_collective" / "allreduce.html").read_text()
     assert "run_ring_on_processes timed out" in page or "raised" in page
+    # borrowed code and the broken rule: flagged where the scan can see them
+    for student in set(plants.PLANTS) & set(reference_plants.FLAGS):
+        for flag in reference_plants.FLAGS[student]:
+            assert flag in rows[student]["flags"], (student, rows[student]["flags"])
+        if not reference_plants.FLAGS[student]:
+            assert not any(k in rows[student]["flags"] for k in reference_plants.BORROWED)
+    records = {r["student"]: r for r in json.loads((out / "results.json").read_text())}
+    for student, test in reference_plants.NOT_WRITTEN.items():
+        if student in plants.PLANTS:
+            msg = records[student]["graded"][0]["results"][test]["message"]
+            assert "did not write" in msg and "checks passed" in msg, (student, msg)
+    # all_reduce hidden from the scan still loses Part B: the sums are not the ring's
+    msg = records["hidden_all_reduce"]["graded"][0]["results"]["test_ring_on_processes"]["message"]
+    assert "returned a wrong value" in msg, msg

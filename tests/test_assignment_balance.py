@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -23,6 +24,7 @@ from autograder_helpers import grade, needs_sandbox, score_problems
 from autograder import checks
 from autograder import notebook as nbu
 from autograder.redteam import balance_plants as plants
+from autograder.redteam import reference_plants
 from reference_impl.data.balance import DistributedWeightedSampler, balanced_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,8 +94,35 @@ def test_empirical_targets_and_margins(spec):
         cases = spec[gid]
         assert len(cases) >= 2 and all(c["args"][0] is balanced for c in cases)
         assert all(c["want"] == target and 0 < c["atol"] < 0.2 for c in cases)
+        # the grader measures: the weights come back, the share is taken on the trusted side
+        assert all(c["call"] == "trained_weights" and c["measure"]["name"] == "_rare_share"
+                   for c in cases)
     # the two targets stay apart by more than both margins: an unbalanced model cannot pass
     assert spec["test_rare_share_unbalanced"][0]["atol"] + spec["test_rare_share_balanced"][0]["atol"] < 0.4
+
+
+def test_the_grader_measures_a_trained_model(ns):
+    """Part C's measurement (the hidden _rare_share): a trained model's share, the same as the
+    notebook's own sampler gives; -1 for an untrained model (whose share, ~0.5, would pass the
+    balanced check) and for weights of the wrong shape."""
+    case = checks.spec(nbu.read(plants.SOURCE))["test_rare_share_balanced"][0]
+
+    def measure(params):
+        return checks.measured(case, {"return": [{"tensor": p.tolist(), "shape": list(p.shape)}
+                                                 for p in params]})["return"]
+    torch.manual_seed(0)
+    untrained = list(ns["Denoiser"]().parameters())
+    assert measure(untrained) == -1.0
+    assert measure(untrained[:-1]) == -1.0
+    weights = ns["trained_weights"](True, 5)
+    share = measure(weights)
+    model = ns["Denoiser"]()
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), weights):
+            p.copy_(w)
+    z = ns["ddpm_sample"](model, 4000, torch.Generator().manual_seed(7207))
+    assert abs(share - float((z[:, 0] > 0).float().mean())) < 0.01
+    assert abs(share - 0.5) < case["atol"]
 
 
 @needs_sandbox()
@@ -107,3 +136,15 @@ def test_plants_get_exactly_their_scores(tmp_path):
     assert set(rows) == {(s, "balance") for s in plants.PLANTS}
     assert not score_problems(rows, "balance", plants.PLANTS)
     assert rows[("solution", "balance")]["written_answer"] == "needs manual grade"
+    # borrowed code: flagged, and where it runs and is right, the part's tests taken with a reason
+    for student in set(plants.PLANTS) & set(reference_plants.FLAGS):
+        flags = rows[(student, "balance")]["flags"]
+        for flag in reference_plants.FLAGS[student]:
+            assert flag in flags, (student, flags)
+        if not reference_plants.FLAGS[student]:
+            assert not any(k in flags for k in reference_plants.BORROWED), (student, flags)
+    records = {r["student"]: r for r in json.loads((course / "out" / "results.json").read_text())}
+    for student, test in reference_plants.NOT_WRITTEN.items():
+        if student in plants.PLANTS:
+            msg = records[student]["graded"][0]["results"][test]["message"]
+            assert "did not write" in msg and "checks passed" in msg, (student, msg)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from autograder import notebook as nbu
-from autograder.redteam import plants
+from autograder.redteam import plants, reference_plants
 from autograder.sandbox import SandboxUnavailable, check_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -218,4 +218,14 @@ def test_redteam_checks_batch(tmp_path):
     assert re.fullmatch(r"\d+ of 51 checks failed: ema_decay returned a wrong value \(\d+x\)", msg)
     assert records["off_by_one"]["graded"][0]["results"]["test_decay_first_steps"]["message"] \
         == "2 of 2 checks failed: ema_decay returned a wrong value (2x)"
+    # borrowed code (reference_plants.py): flagged; where it runs and is right, taken by the scan
+    for student in set(plants.CHECKS) & set(reference_plants.FLAGS):
+        for flag in reference_plants.FLAGS[student]:
+            assert flag in rows[student]["flags"], (student, rows[student]["flags"])
+        if not reference_plants.FLAGS[student]:
+            assert not any(k in rows[student]["flags"] for k in reference_plants.BORROWED)
+    for student, test in reference_plants.NOT_WRITTEN.items():
+        if student in plants.CHECKS:
+            msg = records[student]["graded"][0]["results"][test]["message"]
+            assert "did not write" in msg and "checks passed" in msg, (student, msg)
     assert not _leaks(out, course / "subs" / "checks")

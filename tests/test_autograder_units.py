@@ -277,3 +277,166 @@ def test_hidden_reference_and_solution_match_diffusers():
                           ns["ema_decay"](step, use_ema_warmup=True, power=0.75))
     for a, b in zip(mine, oracle.shadow_params):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+# ---- code the student did not write (issue 25) ------------------------------------------
+
+def _decl(assignment):
+    from autograder import scan
+
+    return scan.declaration(nbu.read(REPO / "solutions" / assignment / f"{assignment}.ipynb"))
+
+
+def test_scan_flags_borrowed_code_in_a_cell():
+    """reference-import anywhere; a library equivalent only inside a part that forbids it;
+    a pasted reference function whatever its names and layout."""
+    borrowed = {
+        "from reference_impl.training.ema import EMA": "reference-import (reference_impl.training.ema)",
+        "def f():\n    import importlib\n    return importlib.import_module('reference_impl.data.balance')":
+            "reference-import (reference_impl.data.balance)",
+        "import reference_impl.distributed.allreduce as ar": "reference-import (reference_impl.distributed.allreduce)",
+        "def ema_decay(s, **kw):\n    from diffusers import EMAModel\n    return EMAModel([], **kw).get_decay(s)":
+            "library-equivalent (diffusers.EMAModel in ema_decay)",
+        "import torch.distributed as d\ndef ring_all_reduce_dist(t):\n    d.all_reduce(t)\n    return 0":
+            "library-equivalent (torch.distributed.all_reduce in ring_all_reduce_dist)",
+        "def ring_all_reduce_dist(t):\n    getattr(dist, 'all_gather')(t)":
+            "library-equivalent (torch.distributed.all_gather in ring_all_reduce_dist)",
+        "from torch.utils.data import WeightedRandomSampler as W\nclass DistributedWeightedSampler:\n"
+        "    def __iter__(self):\n        return iter(W(self.w, 3))":
+            "library-equivalent (torch.utils.data.WeightedRandomSampler in DistributedWeightedSampler)",
+    }
+    for code, flag in borrowed.items():
+        assert flag in scan_source(code), (code, scan_source(code))
+    allowed = ("from torch.utils.data import WeightedRandomSampler\n"  # Part C may: the text says so
+               "def train_denoiser(x, labels, balanced, seed):\n"
+               "    return list(WeightedRandomSampler([0.5, 0.5], 4))\n"
+               "def ring_time(n, nbytes, alpha, beta):\n"  # the text's formula: too small to judge
+               "    return 2 * (n - 1) * alpha + 2 * (n - 1) / n * nbytes * beta\n")
+    assert scan_source(allowed) == []
+    ref = (REPO / "reference_impl" / "training" / "ema.py").read_text()
+    k = ref.index("    def get_decay")
+    method = ref[k:ref.index("    @torch.no_grad()", k)]
+    pasted = ("class Mine:\n" + method.replace("get_decay", "when").replace("self", "me")
+              .replace("optimization_step", "i").replace(" k ", " n ").replace("(k", "(n")
+              .replace("k /", "n /").replace("k)", "n)").replace('"""', "'''") + "    # tidied\n")
+    assert "copied-reference-code (Mine.when = reference_impl.training.ema.EMA.get_decay)" in \
+        scan_source(pasted), pasted
+
+
+def test_borrowed_code_costs_its_part_only():
+    """A finding costs the tests of the part whose functions reach it - through helpers, not
+    into another part's functions (which their own tests grade)."""
+    from autograder import scan
+
+    decl = _decl("balance")
+    ref = (REPO / "reference_impl" / "data" / "balance.py").read_text()
+    pasted = ref[ref.index("def class_counts"):ref.index("def loss_weights")]
+    cells = ["import math\nimport torch\n" + pasted,
+             "def sample_weights(labels, method='inverse', beta=0.999, temperature=2.0):\n"
+             "    return balanced_weights(labels, method, beta, temperature)[1]",
+             "from torch.utils.data import WeightedRandomSampler\n"
+             "def _draw(w, n, g):\n    return list(WeightedRandomSampler(w, n, generator=g))\n"
+             "class DistributedWeightedSampler:\n    def __iter__(self):\n"
+             "        return iter(_draw(self.weights, 4, None))",
+             "def train_denoiser(x, labels, balanced, seed):\n"
+             "    return sample_weights(labels), list(DistributedWeightedSampler())"]
+    found = scan.part_findings(cells, decl)
+    names = [p["name"] for p in decl["parts"]]
+    a, b, c = (found[names.index(n)] for n in
+               ("Part A, sample_weights", "Part B, DistributedWeightedSampler",
+                "Part C, train_denoiser"))
+    assert {f.what for f in a} >= {"reference_impl.data.balance.balanced_weights",
+                                   "reference_impl.data.balance.class_probabilities"}
+    assert {f.kind for f in b} == {"library-equivalent"}  # through the helper _draw
+    assert c == []  # uses both parts' functions: their own tests pay
+
+
+def test_plan_marks_borrowed_parts_and_score_takes_them():
+    spec = checks.spec(nbu.read(SOURCE))
+    assert spec["test_decay_first_steps"][0]["declared"]["withhold"]
+    cells = ["import torch\nfrom torch.optim.swa_utils import get_ema_multi_avg_fn\n"
+             "def ema_update_(e, p, d):\n    get_ema_multi_avg_fn(d)(e, p, None)\n"]
+    items = [("cell", cells[0]), ("check", "test_update_simple"), ("check", "test_decay_first_steps")]
+    plan = checks.plan(items, spec, 10)
+    sent = [c for i in plan["items"] if "cases" in i for c in i["cases"]]
+    assert not any(set(c) & {"declared", "not_written", "measure", "want"} for c in sent)
+    assert "torch.optim.swa_utils" in spec["test_update_simple"][0]["not_written"]
+    assert "not_written" not in spec["test_decay_first_steps"][0]
+    good = [{"value": {"args": [{"tensor": [0.1, 1.8], "shape": [2]}]}},
+            {"value": {"args": [{"tensor": [[0.25, 0.5], [1.5, 0.5]], "shape": [2, 2]}]}}]
+    exp = [({"args": g["value"]["args"]}, 1e-6, 0.0) for g in good]
+    ok, msg = checks.score("test_update_simple", spec["test_update_simple"], exp, good, "")
+    assert not ok and "did not write" in msg and "its checks: all 2 checks passed" in msg
+    checks.plan([("cell", "x = 1"), ("check", "test_update_simple")], spec, 10)
+    assert "not_written" not in spec["test_update_simple"][0]  # a fresh plan clears the mark
+
+
+def test_a_measure_runs_on_the_trusted_side():
+    src = ("### BEGIN HIDDEN TESTS\n"
+           "def _mean(values):\n    return sum(values) / len(values)\n"
+           "check('draws', 3, measure=_mean, want=0.5, atol=0.1)\n"
+           "### END HIDDEN TESTS\n")
+    case = checks.cases_of(src)[0]
+    assert case["measure"]["name"] == "_mean" and "_mean" in case["measure"]["code"]
+    assert "measure" not in checks.inputs_only([case])[0]
+    assert checks.measured(case, {"return": [0.4, 0.6, 0.5]}) == {"return": 0.5}
+    assert checks.score("t", [case], [({"return": 0.5}, 0.1, 0.0)],
+                        [{"value": {"return": [0.0, 0.1]}}], "")[0] is False
+    assert checks.score("t", [case], [({"return": 0.5}, 0.1, 0.0)],
+                        [{"value": {"return": [0.5, 0.5]}}], "")[0] is True
+    msg = checks.score("t", [case], [({"return": 0.5}, 0.1, 0.0)],
+                       [{"value": {"return": "not numbers"}}], "")[1]
+    assert "could not measure" in msg
+
+
+def test_short_runs_need_a_simulation():
+    """Assignment 1 Part C: on the hidden short runs the stationary prediction misses by more
+    than the tolerance, and the solution's simulation is within it."""
+    src = nbu.read(SOURCE)
+    ns: dict = {}
+    exec(nbu.solution_text(next(c for c in src.cells  # noqa: S102 - our own source
+                                if nbu.grade_id(c) == "variance_impl").source), ns)
+    short = [c for c in checks.spec(src)["test_measured_ratio"] if c["kwargs"]["steps"] < 1000]
+    assert len(short) >= 3
+    for c in short:
+        h, lr, sigma, beta = c["args"]
+        predicted = ns["predicted_variance_ratio"](1 - lr * h, beta)
+        assert abs(predicted - c["want"]) > 3 * c["rtol"] * c["want"], c
+        got = ns["measured_variance_ratio"](h, lr, sigma, beta, **c["kwargs"])
+        assert abs(got - c["want"]) <= 0.5 * c["rtol"] * c["want"], (c, got)
+
+
+def test_declarations_are_valid_and_the_solutions_borrow_nothing():
+    assert release.declaration_problems(REPO) == []
+    for a in ("ema", "balance", "allreduce"):
+        rel = nbu.read(REPO / "assignments" / a / f"{a}.ipynb")
+        assert rel.metadata["autograder"] == nbu.read(REPO / "solutions" / a / f"{a}.ipynb"
+                                                      ).metadata["autograder"]
+        assert "Write the code yourself" in rel.cells[0].source
+
+
+@needs_bwrap
+def test_the_jail_does_not_offer_withheld_modules(tmp_path):
+    from autograder import scan
+
+    withheld = scan.course_declaration()["withhold"]
+    assert {"reference_impl.training.ema", "reference_impl.data.balance",
+            "reference_impl.distributed.allreduce", "diffusers.training_utils"} <= set(withheld)
+    code = f"""
+import importlib, os
+for m in {withheld!r} + ["reference_impl.data.shapes", "reference_impl.distributed.zero"]:
+    try:
+        importlib.import_module(m)
+        print("IMPORTED", m)
+    except ImportError as e:
+        print("REFUSED", m, "asks you to write it" in str(e))
+path = {str(scan.module_file("reference_impl.training.ema"))!r}
+print("SOURCE", "EMA" in open(path).read(), os.listdir(os.path.join(os.path.dirname(path), "__pycache__")))
+"""
+    own_for_jail(tmp_path, 0)
+    out = subprocess.run(jail_command(tmp_path, [sys.executable, "-c", code], Limits()),
+                         capture_output=True, text=True, timeout=300, check=False).stdout
+    for m in withheld:
+        assert f"REFUSED {m} True" in out, out
+    assert "IMPORTED reference_impl.data.shapes" in out and "IMPORTED reference_impl.distributed.zero" in out
+    assert "SOURCE False []" in out, out
