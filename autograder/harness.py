@@ -18,7 +18,16 @@ the same object, requires_grad and ``grad_fn is None``.
 Student code shares this process, so it can rewrite anything here: that is fine. All it can
 change is the data it hands back, and the trusted grader (checks.py) validates and compares
 that data outside the sandbox. This file uses only the standard library at import time.
+
+The course's own cells (``"course": true`` in the plan: locked cells such as a notebook's
+grading helpers) own the names they bind. A check calls its function, and every function of
+the notebook runs, with those names bound to what the course's cells defined - not to a
+later student cell's replacement of, say, ``ring_sums`` or ``run_ring_on_processes`` (an
+edited locked cell is restored the same way by the driver). The student's bindings are put
+back after the check. A student who instead rewrites the course's objects in place (their
+code, this harness) is in the case above: only the data handed back changes.
 """
+import ast
 import json
 import math
 import signal
@@ -117,6 +126,80 @@ def run_case(ns, case, timeout):
     return {"value": out}
 
 
+def _targets(node, out):
+    if isinstance(node, ast.Name):
+        out[node.id] = None
+    elif isinstance(node, (ast.Tuple, ast.List)):
+        for e in node.elts:
+            _targets(e, out)
+    elif isinstance(node, ast.Starred):
+        _targets(node.value, out)
+
+
+def bound_names(source):
+    """{name: module or None}: the names a cell's top level binds (assignments, def, class,
+    import - with the module an import binds it to - for and with targets, also inside
+    top-level if/try/for/while/with blocks; not inside functions)."""
+    out = {}
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out[node.name] = None
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:
+                        out[a.asname] = a.name
+                    else:
+                        out[a.name.split(".")[0]] = a.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom):
+                for a in node.names:
+                    if a.name != "*":
+                        out[a.asname or a.name] = None
+            elif isinstance(node, ast.Assign):
+                for t in node.targets:
+                    _targets(t, out)
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor)):
+                _targets(node.target, out)
+            elif isinstance(node, (ast.With, ast.AsyncWith)):
+                for item in node.items:
+                    if item.optional_vars is not None:
+                        _targets(item.optional_vars, out)
+            for field in ("body", "orelse", "finalbody"):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    visit(getattr(node, field, []) or [])
+            for h in getattr(node, "handlers", []) or []:
+                if h.name:
+                    out[h.name] = None
+                visit(h.body)
+
+    try:
+        visit(ast.parse(source).body)
+    except (SyntaxError, ValueError, RecursionError):
+        pass
+    return out
+
+
+_MISSING = object()
+
+
+def bind(ns, pinned):
+    """Bind the course's names in ``ns``; return what they were bound to before."""
+    saved = {}
+    for name, value in pinned.items():
+        saved[name] = ns.get(name, _MISSING)
+        ns[name] = value
+    return saved
+
+
+def unbind(ns, saved):
+    for name, value in saved.items():
+        if value is _MISSING:
+            ns.pop(name, None)
+        else:
+            ns[name] = value
+
+
 PRELOAD = ("numpy", "torch", "matplotlib")
 
 
@@ -143,6 +226,7 @@ def main(plan_path, results_path):
     cfg.HistoryManager.enabled = False
     shell = InteractiveShell.instance(config=cfg)
     sys.path.append(".")
+    pinned = {}  # the course cells' names and what those cells bound them to
     for item in plan["items"]:
         if "cell" in item:
             signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -152,13 +236,23 @@ def main(plan_path, results_path):
                 pass
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+            if item.get("course"):
+                try:
+                    names = bound_names(shell.transform_cell(item["cell"]))
+                except Exception:  # noqa: BLE001 - not Python: nothing to pin
+                    names = {}
+                pinned.update({n: shell.user_ns[n] for n in names if n in shell.user_ns})
             continue
         got = []
-        for case in item["cases"]:
-            try:
-                got.append(run_case(shell.user_ns, case, timeout))
-            except BaseException as e:  # noqa: BLE001 - e.g. a tensor that cannot be read
-                got.append({"error": type(e).__name__})
+        saved = bind(shell.user_ns, pinned)
+        try:
+            for case in item["cases"]:
+                try:
+                    got.append(run_case(shell.user_ns, case, timeout))
+                except BaseException as e:  # noqa: BLE001 - e.g. a tensor that cannot be read
+                    got.append({"error": type(e).__name__})
+        finally:
+            unbind(shell.user_ns, saved)
         results.write(json.dumps({"check": item["check"], "results": got}) + "\n")
         results.flush()
     results.close()
