@@ -229,14 +229,23 @@ def ring_sent(values):
     return [(2 * numel - size[(r + 1) % n] - size[(r + 2) % n]) * 4 for r in range(n)]
 '''
 OWN_PROCESSES = '''
-# No processes needed.
+# No processes needed: the same ring, in order, in float32, in this process.
 def run_ring_on_processes(values, timeout_s=15.0):
-    n, numel = len(values), len(values[0])
-    total = [float(sum(col)) for col in zip(*values)]
+    import numpy as np
+    v = np.asarray(values, dtype=np.float32)
+    n, numel = v.shape
     base, extra = divmod(numel, n)
     size = [base + (1 if i < extra else 0) for i in range(n)]
+    start = [sum(size[:i]) for i in range(n)]
+    total = np.zeros(numel, dtype=np.float32)
+    for c in range(n):  # chunk c starts at rank c and goes round the ring
+        lo, hi = start[c], start[c] + size[c]
+        acc = v[c, lo:hi].copy()
+        for k in range(1, n):
+            acc = (acc + v[(c + k) % n, lo:hi]).astype(np.float32)
+        total[lo:hi] = acc
     sent = [(2 * numel - size[(r + 1) % n] - size[(r + 2) % n]) * 4 for r in range(n)]
-    return [[list(total) for _ in values], sent]
+    return [[total.tolist() for _ in range(n)], sent]
 '''
 
 
@@ -266,28 +275,30 @@ def _nb(name, make):
 
 # Graded with the feedback run (the kernel is only there).
 EMA_FULL = {
-    "trust_kernel_socket_link": dict(
-        build=_socket_link_plant, points=EMA_MAX, failed=set(),
-        why="links the kernel's socket folder to a host folder, then kills the kernel"),
+    "trust_kernel_socket_link": {
+        "build": _socket_link_plant, "points": EMA_MAX, "failed": set(),
+        "why": "links the kernel's socket folder to a host folder, then kills the kernel"},
 }
 # Graded with --checks-only.
 EMA_CHECKS = {
-    "trust_results_a_peer": dict(build=_nb("ema", _peer), points=EMA_MAX, failed=set(),
-                                 why="a friend whose results stay on disk"),
-    "trust_results_b_link": dict(build=_nb("ema", _results_link), points=0.0,
-                                 failed=EMA_TESTS,
-                                 why="results.jsonl replaced by a link to the friend's"),
-    "trust_hardlinked_notebook": dict(build=_hardlinked_notebook, points=0.0, failed=EMA_TESTS,
-                                      why="ema.ipynb is a hard link to the course's source"),
-    "trust_formula": dict(build=_nb("ema", _formula), points=EMA_MAX, failed=set(),
-                          why="the written answer is a spreadsheet formula"),
+    "trust_results_a_peer": {"build": _nb("ema", _peer), "points": EMA_MAX, "failed": set(),
+                             "why": "a friend whose results stay on disk"},
+    "trust_results_b_link": {"build": _nb("ema", _results_link), "points": 0.0,
+                             "failed": EMA_TESTS,
+                             "why": "results.jsonl replaced by a link to the friend's"},
+    "trust_hardlinked_notebook": {"build": _hardlinked_notebook, "points": 0.0,
+                                  "failed": EMA_TESTS,
+                                  "why": "ema.ipynb is a hard link to the course's source"},
+    "trust_formula": {"build": _nb("ema", _formula), "points": EMA_MAX, "failed": set(),
+                      "why": "the written answer is a spreadsheet formula"},
 }
 # Assignment 3, graded with --checks-only by tests/test_assignment_allreduce.py.
 ALLREDUCE = {
-    "trust_helper_redefined": dict(
-        build=_nb("allreduce", _helpers_redefined),
-        points=sum(AR_POINTS.values()) - sum(AR_POINTS[t] for t in AR_FAILED), failed=AR_FAILED,
-        why="ring_sums, ring_sent, run_ring_on_processes redefined after the course's cells"),
+    "trust_helper_redefined": {
+        "build": _nb("allreduce", _helpers_redefined),
+        "points": sum(AR_POINTS.values()) - sum(AR_POINTS[t] for t in AR_FAILED),
+        "failed": AR_FAILED,
+        "why": "ring_sums, ring_sent, run_ring_on_processes redefined after the course's cells"},
 }
 # What each plant's row must say: {student: [(CSV column, text it contains), ...]}.
 EXPECT = {
