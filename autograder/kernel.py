@@ -5,16 +5,28 @@ runs inside the jail. They talk over ZeroMQ ``ipc`` sockets (Unix socket files i
 ``.ipc``), which need no network, so the kernel can run with ``--unshare-net``. This run is
 for the student's feedback only: the kernel can forge any message it sends, so nothing here
 decides a point (the hidden checks run in harness.py and are compared in checks.py).
+
+The socket files are in the jail's folder, which the student's code may rewrite: it can put a
+symbolic link where a socket was (or replace ``.ipc`` itself), and a client that connects or
+reconnects *by path*, as root, would follow it to any Unix socket of the host or of another
+jail. So the driver opens ``.ipc`` (O_NOFOLLOW) before the kernel starts, then each socket the
+kernel made (O_PATH | O_NOFOLLOW, checked to be a socket) and connects through
+``/proc/self/fd/N``: a connection, and every reconnection, reaches that socket inode and nothing
+else. The kernel runs with ``python -P`` (its folder is not put first on ``sys.path``, so a
+student's ``ipykernel_launcher.py`` does not replace it), and nothing in the jail is removed by
+path afterwards (the driver removes the whole folder without following links).
 """
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import nbformat
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
@@ -37,15 +49,73 @@ class JailedKernelManager(AsyncKernelManager):
                          connection_file=str(Path(workdir) / IPC / "kernel.json"), **kw)
         self._workdir, self._limits, self._sandbox = Path(workdir), limits, sandbox
         self._extra_env, self._slot, self._cgroup = extra_env or {}, slot, cgroup
+        self.client_factory = JailedKernelClient
+        # Opened before any student code runs: the folder the kernel's sockets will be in.
+        self._ipc_fd = os.open(Path(workdir) / IPC, os.O_RDONLY | os.O_DIRECTORY |
+                               os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._socket_fds: dict[int, int] = {}
+        self.socket_wait = 120.0  # seconds for the kernel to make a socket (its startup time)
 
     def format_kernel_cmd(self, extra_arguments=None):
         cmd = super().format_kernel_cmd(extra_arguments) + [PRELOAD]
+        if cmd[1:2] == ["-m"]:  # python -P -m ipykernel_launcher: not the student's module
+            cmd.insert(1, "-P")
         if not self._sandbox:
             return cmd
         if os.geteuid() == 0:  # the kernel runs as the jail's uid: it must read its key file
-            os.chown(self.connection_file, UID_BASE + self._slot, UID_BASE + self._slot)
+            os.chown(self.connection_file, UID_BASE + self._slot, UID_BASE + self._slot,
+                     follow_symlinks=False)
         return jail_command(self._workdir, cmd, self._limits, slot=self._slot,
                             env=self._extra_env, cgroup=self._cgroup)
+
+    def _make_url(self, channel: str) -> str:
+        """``ipc:///proc/self/fd/N``: the kernel's own socket, never a path the jail can
+        redirect (used by this manager's control socket and by its clients)."""
+        return f"ipc:///proc/self/fd/{self._socket_fd(getattr(self, f'{channel}_port'))}"
+
+    def _socket_fd(self, port: int) -> int:
+        """An O_PATH descriptor of the socket ``kernel-<port>`` in the ``.ipc`` folder opened at
+        the start, once the kernel has made it; a link or any other file there is refused."""
+        if port in self._socket_fds:
+            return self._socket_fds[port]
+        name = f"{Path(self.ip).name}-{port}"
+        deadline = time.monotonic() + self.socket_wait
+        while True:
+            try:
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._ipc_fd)
+            except FileNotFoundError:
+                fd = None
+            except OSError as e:  # ELOOP: a symbolic link
+                raise RuntimeError(f"the kernel's socket {name} is not a socket") from e
+            if fd is not None:
+                st = os.fstat(fd)
+                own = not self._sandbox or os.geteuid() != 0 or st.st_uid == UID_BASE + self._slot
+                if not stat.S_ISSOCK(st.st_mode) or not own:
+                    os.close(fd)
+                    raise RuntimeError(f"the kernel's socket {name} is not its socket")
+                self._socket_fds[port] = fd
+                return fd
+            proc = getattr(self.provisioner, "process", None)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError("the kernel exited before it made its sockets")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the kernel made no socket {name} in {self.socket_wait:g} s")
+            time.sleep(0.05)
+
+    def cleanup_connection_file(self) -> None:
+        """Nothing is removed by path in the jail's folder (a link there would be followed):
+        the driver removes the whole folder afterwards, without following links."""
+
+    def cleanup_ipc_files(self) -> None:
+        """See cleanup_connection_file."""
+
+    def close_descriptors(self) -> None:
+        for fd in [self._ipc_fd, *self._socket_fds.values()]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._socket_fds.clear()
 
     @property
     def kernel_spec(self):
@@ -54,6 +124,13 @@ class JailedKernelManager(AsyncKernelManager):
             # bwrap does not forward SIGINT to its child: interrupt over the control channel.
             spec.interrupt_mode = "message"
         return spec
+
+
+class JailedKernelClient(AsyncKernelClient):
+    """A kernel client whose channels connect through its manager's socket descriptors."""
+
+    def _make_url(self, channel: str) -> str:
+        return self.parent._make_url(channel)
 
 
 class CappedClient(NotebookClient):
@@ -93,11 +170,23 @@ def run_cells(nb, workdir: Path, limits: Limits, sandbox: bool = True,
     km = JailedKernelManager(workdir, limits, sandbox, extra_env, slot=slot, cgroup=cgroup)
     client = CappedClient(nb, km=km, timeout=limits.cell_timeout, interrupt_on_timeout=True,
                             allow_errors=True, record_timing=False, startup_timeout=120,
-                            iopub_timeout=5, resources={"metadata": {"path": str(workdir)}})
+                            iopub_timeout=5, shutdown_kernel="immediate",
+                            resources={"metadata": {"path": str(workdir)}})
     status: list[dict] = [{"status": "skipped"} if c.cell_type != "code" else
                           {"status": "not-run"} for c in nb.cells]
+    try:
+        _run(client, km, nb, limits, status)
+    finally:
+        km.close_descriptors()
+    return status
+
+
+def _run(client, km, nb, limits: Limits, status: list[dict]) -> None:
     start = time.monotonic()
-    with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+    # cleanup_kc: nbclient shuts down a kernel it was handed only when asked; without it the
+    # kernel outlived the run (until the cgroup was destroyed, or the driver exited).
+    with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             cleanup_kc=True):
         for i, cell in enumerate(nb.cells):
             if cell.cell_type != "code":
                 continue
@@ -127,7 +216,6 @@ def run_cells(nb, workdir: Path, limits: Limits, sandbox: bool = True,
             if errors:
                 rec.update(ename=errors[-1].get("ename", ""), evalue=errors[-1].get("evalue", ""))
             status[i] = rec
-    return status
 
 
 def _owned(cell) -> bool:
