@@ -52,6 +52,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_NODES = 40  # copy detection ignores smaller functions (see the module docstring)
+ANY = "*"  # the owner of a finding that counts against every part (a cell the scan cannot read)
 
 PATTERNS = {
     "ipython-transformers": r"input_transformers|ast_transformers|\.events\s*\.\s*register"
@@ -247,7 +248,7 @@ def reference_index(modules, given=()) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # reference-import | library-equivalent | copied-reference-code
+    kind: str  # reference-import | library-equivalent | copied-reference-code | unreadable-code
     owner: str | None  # the top-level name whose code holds it (None: a top-level statement)
     what: str  # the module, the declared equivalent, or the reference function
     where: str  # the student's function (qualified) or the bound name
@@ -255,7 +256,7 @@ class Finding:
     def flag(self) -> str:
         if self.kind == "copied-reference-code":
             return f"{self.kind} ({self.where} = {self.what})"
-        if self.kind == "library-equivalent":
+        if self.kind in ("library-equivalent", "unreadable-code"):
             return f"{self.kind} ({self.what} in {self.where})"
         return f"{self.kind} ({self.what})"
 
@@ -265,9 +266,10 @@ def _text(source) -> str:
 
 
 def _parse(source: str):
+    """The cell's AST, or None for a cell Python cannot compile (it defines nothing when run)."""
     try:
         return ast.parse(source)
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         pass
     try:  # IPython magics (%timeit, !ls): the harness runs cells through IPython
         from IPython.core.inputtransformer2 import TransformerManager
@@ -375,22 +377,31 @@ def analyse(sources: list[str], decl: dict) -> tuple[list[Finding], dict[str, se
     index = reference_index(sorted({m for p in decl["parts"] for m in p["reference"]}),
                             decl.get("given", ()))
     findings, graph = [], {}
-    for tree in trees:
-        for node, owners in _definitions(tree):
-            scope = _header(node) if isinstance(node, COMPOUND) else [node]
-            owner = owners[0] if owners else None
-            for name in owners or ():
-                graph.setdefault(name, set()).update(
-                    n.id for s in scope for n in ast.walk(s)
-                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
-            local = dict(aliases)
-            for s in scope:
-                for n in ast.walk(s):
-                    if isinstance(n, (ast.Import, ast.ImportFrom)):
-                        _bind(local, n)
-            for s in scope:
-                findings += _scan_node(s, owner, local, withheld, equivalents, index)
+    for k, tree in enumerate(trees):
+        try:
+            _analyse_tree(tree, aliases, withheld, equivalents, index, findings, graph)
+        except RecursionError:  # parses, but nested too deeply for this scan: fail closed
+            findings.append(Finding("unreadable-code", ANY, "nested too deeply to scan",
+                                    f"cell {k}"))
     return list(dict.fromkeys(findings)), graph
+
+
+def _analyse_tree(tree, aliases, withheld, equivalents, index, findings, graph) -> None:
+    """One cell's statements: their names' edges in ``graph``, their ``findings``."""
+    for node, owners in _definitions(tree):
+        scope = _header(node) if isinstance(node, COMPOUND) else [node]
+        owner = owners[0] if owners else None
+        for name in owners or ():
+            graph.setdefault(name, set()).update(
+                n.id for s in scope for n in ast.walk(s)
+                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+        local = dict(aliases)
+        for s in scope:
+            for n in ast.walk(s):
+                if isinstance(n, (ast.Import, ast.ImportFrom)):
+                    _bind(local, n)
+        for s in scope:
+            findings += _scan_node(s, owner, local, withheld, equivalents, index)
 
 
 def _scan_node(node, owner, aliases, withheld, equivalents, index) -> list[Finding]:
@@ -444,6 +455,6 @@ def part_findings(sources: list[str], decl: dict) -> list[list[Finding]]:
         others = {f for q in decl["parts"] if q is not p for f in q["functions"]} - \
             set(p["functions"])
         reach = closure(graph, p["functions"], others)
-        out.append([f for f in findings if f.owner in reach and
+        out.append([f for f in findings if (f.owner in reach or f.owner == ANY) and
                     (f.kind != "library-equivalent" or f.what in p["equivalents"])])
     return out

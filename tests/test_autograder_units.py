@@ -321,6 +321,9 @@ def test_scan_flags_borrowed_code_in_a_cell():
               .replace("k /", "n /").replace("k)", "n)").replace('"""', "'''") + "    # tidied\n")
     assert "copied-reference-code (Mine.when = reference_impl.training.ema.EMA.get_decay)" in \
         scan_source(pasted), pasted
+    # code Python compiles but this scan cannot walk (nested too deeply): it fails closed
+    assert scan_source("def f():\n    return a" + ".b" * 900) == [
+        "unreadable-code (nested too deeply to scan in cell 0)"]
 
 
 def test_borrowed_code_costs_its_part_only():
@@ -349,6 +352,8 @@ def test_borrowed_code_costs_its_part_only():
                                    "reference_impl.data.balance.class_probabilities"}
     assert {f.kind for f in b} == {"library-equivalent"}  # through the helper _draw
     assert c == []  # uses both parts' functions: their own tests pay
+    deep = scan.part_findings(cells + ["x = a" + ".b" * 900], decl)
+    assert all(any(f.kind == "unreadable-code" for f in found) for found in deep)
 
 
 def test_plan_marks_borrowed_parts_and_score_takes_them():
