@@ -19,6 +19,7 @@ import base64
 import binascii
 import io
 import json
+import os
 import re
 import secrets
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import checks
+from . import checks, harness
 from . import notebook as nbu
 from .intake import copy_plain
 from .sandbox import HARNESS_IN_JAIL, Cgroup, Limits, jail_command, own_for_jail
@@ -118,6 +119,36 @@ def scan_flags(nb) -> list[str]:
     return out
 
 
+def _bound(source: str) -> dict:
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        source = TransformerManager().transform_cell(source)
+    except Exception:  # noqa: BLE001, S110 - plain Python then
+        pass
+    return harness.bound_names(source)
+
+
+def redefinition_flags(nb) -> list[str]:
+    """Student cells that bind a name a course cell binds (``ring_sums = ...`` after the
+    grading helpers): the checks use the course's definition (harness.py); the instructor is
+    told. Importing the same module under the same name is not a redefinition."""
+    course: dict = {}
+    for c in nb.cells:
+        if c.cell_type == "code" and c.metadata["autograder"]["origin"] == "source" and \
+                not nbu.is_test(c):
+            course.update(_bound(c.source))
+    out = []
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code" and c.metadata["autograder"]["origin"] == "student":
+            hit = sorted(n for n, mod in _bound(c.source).items()
+                         if n in course and (mod is None or mod != course[n]))
+            if hit:
+                out.append(f"{_label(c, i)}: redefines the course's {', '.join(hit)} "
+                           "(the checks use the course's)")
+    return out
+
+
 def _jail_root(work: Path, name: str, files: Path, slot: int) -> Path:
     root = work / name
     shutil.copytree(files, root, symlinks=True)  # our own plain copy: no links in it
@@ -170,13 +201,54 @@ def feedback_run(nb, root: Path, limits: Limits, job: dict) -> tuple[list[dict],
     return status, notes
 
 
+def harness_plan(nb, spec: dict, cell_timeout: float) -> dict:
+    """checks.plan for the assembled notebook, each course cell marked ``"course": true``:
+    the harness binds the names those cells define to what they defined at every check, so a
+    student's later cell cannot replace a course helper the checks call (harness.py)."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    items = [("check", nbu.grade_id(c)) if nbu.is_test(c) else ("cell", c.source) for c in code]
+    plan = checks.plan(items, spec, cell_timeout)
+    course = iter([c.metadata["autograder"]["origin"] == "source"
+                   for c in code if not nbu.is_test(c)])
+    for item in plan["items"]:  # checks.plan keeps every cell up to the last check, in order
+        if "cell" in item and next(course):
+            item["course"] = True
+    return plan
+
+
+def _create(path: Path, data: bytes = b"") -> int:
+    """A new file at ``path`` (whatever was there removed first, never followed), written with
+    ``data``; returns a read descriptor of it, opened before any student code runs."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _replaced(path: Path, fd: int) -> bool:
+    """Whether ``path`` no longer names the file open as ``fd`` (a link, another file, gone)."""
+    try:
+        st, mine = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return True
+    return (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino)
+
+
 def hidden_checks(nb, root: Path, limits: Limits, job: dict, spec: dict) -> tuple[dict, list]:
-    """Run the harness in a fresh jail: ({grade_id: [case result]}, notes)."""
-    items = [("check", nbu.grade_id(c)) if nbu.is_test(c) else ("cell", c.source)
-             for c in nb.cells if c.cell_type == "code"]
-    plan = checks.plan(items, spec, limits.cell_timeout)
-    (root / "plan.json").write_text(json.dumps(plan))
+    """Run the harness in a fresh jail: ({grade_id: [case result]}, notes).
+
+    The results file is created here, and a descriptor of it opened, before the jail starts;
+    its answers are read through that descriptor only. The student's code may replace the
+    name with a link to another student's results or to any file of the host: the grader
+    still reads the file it made (and notes the swap)."""
+    plan = harness_plan(nb, spec, limits.cell_timeout)
+    os.close(_create(root / "plan.json", json.dumps(plan).encode()))
     results = root / "results.jsonl"
+    results_fd = _create(results)
     cmd = [sys.executable, "-I", HARNESS_IN_JAIL, "plan.json", "results.jsonl"]
     cg = None
     if job["sandbox"]:
@@ -202,7 +274,11 @@ def hidden_checks(nb, root: Path, limits: Limits, job: dict, spec: dict) -> tupl
         if cg is not None:
             notes += _limit_notes(cg, "hidden checks")
             cg.destroy()
-    return checks.read_results(results), notes
+    if _replaced(results, results_fd):
+        notes.append("hidden checks: the student's code replaced results.jsonl (a link or "
+                     "another file): ignored, the grader read the file it had created")
+    # read_results takes the descriptor (open() accepts one; it is closed after reading)
+    return checks.read_results(results_fd), notes
 
 
 def grade_one(job: dict) -> dict:
@@ -213,7 +289,7 @@ def grade_one(job: dict) -> dict:
     work = Path(job["workdir"])
     shutil.rmtree(work, ignore_errors=True)
     files = work / "files"
-    pre = copy_plain(Path(job["submission_dir"]), files)
+    pre = copy_plain(Path(job["submission_dir"]), files, nofollow=2)  # student/assignment
     spec = job["checks"]  # computed once per batch (checks.spec runs the hidden regions)
     exp = {gid: [tuple(x) for x in rows] for gid, rows in job["expected"].items()}
     sub = files / job["notebook"]
@@ -226,7 +302,7 @@ def grade_one(job: dict) -> dict:
         pre.append(f"notebook missing or unreadable ({type(e).__name__}): 0 points")
         submission = None
     nb, notes = assemble(source, submission or nbformat.v4.new_notebook(), release)
-    flags = scan_flags(nb)
+    flags = scan_flags(nb) + redefinition_flags(nb)
     status = [{"status": "not-run"} for _ in nb.cells]
     got: dict = {}
     why_missing = "the notebook was not run"
