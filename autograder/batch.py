@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import re
+import socket
 import stat
 import subprocess
 import sys
@@ -25,10 +26,61 @@ from pathlib import Path
 
 from . import checks, feedback
 from . import notebook as nbu
-from .sandbox import Limits, describe
+from .sandbox import UID_BASE, Limits, describe
 
 NAME = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 MANUAL_FIELDS = ["student", "assignment", "cell", "max_points", "points", "rubric", "answer"]
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP, CSV injection:
+# = + - @, tab, carriage return; also a line feed and the full-width forms some read alike).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+MAX_SLOTS = 1000  # uids UID_BASE .. UID_BASE + MAX_SLOTS - 1
+
+
+def looks_like_formula(value) -> bool:
+    return isinstance(value, str) and value[:1] in FORMULA_START
+
+
+def csv_text(value):
+    """A CSV cell as written: text a spreadsheet would run as a formula gets a leading ``'``
+    (so does text that already starts with one, so that ``csv_value`` reverses it exactly)."""
+    if looks_like_formula(value) or isinstance(value, str) and value.startswith("'"):
+        return "'" + value
+    return value
+
+
+def csv_value(text):
+    """The value ``csv_text`` wrote as ``text``."""
+    if isinstance(text, str) and text.startswith("'") and \
+            (looks_like_formula(text[1:]) or text[1:].startswith("'")):
+        return text[1:]
+    return text
+
+
+def _csv_rows(rows: list[dict]) -> list[dict]:
+    return [{k: csv_text(v) for k, v in r.items()} for r in rows]
+
+
+def claim_slots(n: int) -> tuple[list[int], list[socket.socket]]:
+    """``n`` uid slots no other batch on this machine holds (batches may overlap; two jails
+    with one uid would share RLIMIT_NPROC). A slot is held by an abstract Unix socket named
+    after its uid: nothing on disk, released when the socket closes or the process dies."""
+    slots, held = [], []
+    for k in range(MAX_SLOTS):
+        if len(slots) == n:
+            break
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.bind(f"\0autograder-uid-{UID_BASE + k}")
+        except OSError:
+            s.close()
+            continue
+        slots.append(k)
+        held.append(s)
+    if len(slots) < n:
+        for s in held:
+            s.close()
+        raise RuntimeError(f"no free uid slot for {n} parallel jobs")
+    return slots, held
 
 
 def assignments(course: Path) -> dict[str, list[str]]:
@@ -109,8 +161,20 @@ def grade(submissions: Path, out: Path, course: Path, limits: Limits, sandbox: b
     (out / "logs").mkdir(parents=True, exist_ok=True)
     expected = reference_expected(course, limits)
     slots: queue.Queue = queue.Queue()
-    for k in range(max(1, jobs)):
+    mine, held = claim_slots(max(1, jobs))
+    for k in mine:
         slots.put(k)
+    used: set[str] = set()
+
+    def unique(key: str) -> str:  # 'a-b' + '-c-d' and 'a' + '-b-c-d' must not share a folder
+        k, n = key, 1
+        while k in used:
+            n += 1
+            k = f"{key}~{n}"
+        used.add(k)
+        return k
+    keys = {(student, a, nb): unique(f"{student}-{a}-{Path(nb).stem}")
+            for student, a, nbs in todo for nb in nbs}
     with tempfile.TemporaryDirectory(prefix="autograder-") as tmp:
         os.chmod(tmp, 0o711)  # jails (other uids) must pass through to their own folder
 
@@ -119,7 +183,7 @@ def grade(submissions: Path, out: Path, course: Path, limits: Limits, sandbox: b
             graded, slot = [], slots.get()
             try:
                 for nb in nbs:
-                    key = f"{student}-{a}-{Path(nb).stem}"
+                    key = keys[(student, a, nb)]
                     job = dict(key=key, source=str(course / "solutions" / a / nb),
                                release=str(course / "assignments" / a / nb),
                                submission_dir=str(submissions / student / a), notebook=nb,
@@ -130,8 +194,12 @@ def grade(submissions: Path, out: Path, course: Path, limits: Limits, sandbox: b
             finally:
                 slots.put(slot)
             return dict(student=student, assignment=a, graded=graded, notes=[])
-        with ThreadPoolExecutor(max(1, jobs)) as pool:
-            records += list(pool.map(work, todo))
+        try:
+            with ThreadPoolExecutor(max(1, jobs)) as pool:
+                records += list(pool.map(work, todo))
+        finally:
+            for h in held:
+                h.close()
     where = describe(limits) if sandbox else "NONE (--unsafe-no-sandbox)"
     for r in records:
         r["sandbox"] = where
@@ -146,7 +214,8 @@ def read_manual(out: Path) -> dict[tuple, dict]:
     if not path.exists():
         return {}
     with open(path, newline="") as f:
-        return {(r["student"], r["assignment"], r["cell"]): r for r in csv.DictReader(f)}
+        rows = [{k: csv_value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return {(r["student"], r["assignment"], r["cell"]): r for r in rows}
 
 
 def write_outputs(out: Path, course: Path, records: list[dict]) -> None:
@@ -176,6 +245,10 @@ def write_outputs(out: Path, course: Path, records: list[dict]) -> None:
                 col = (f"{Path(g['notebook']).stem}:" if multi else "") + gid
                 max_total += res["max"]
                 if res["kind"] == "manual":
+                    if looks_like_formula(res["answer"]):
+                        notes.append(f"{col}: the answer starts like a spreadsheet formula "
+                                     f"({res['answer'][:1]!r}): manual_grades.csv has it as "
+                                     "text, after a '")
                     entered = manual.get((r["student"], r["assignment"], col), {}).get("points")
                     if entered not in (None, ""):
                         res["points"] = min(float(entered), res["max"])
@@ -215,11 +288,11 @@ def write_outputs(out: Path, course: Path, records: list[dict]) -> None:
     with open(out / "grades.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fields, restval="")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(_csv_rows(rows))
     with open(out / "manual_grades.csv", "w", newline="") as f:
         w = csv.DictWriter(f, MANUAL_FIELDS)
         w.writeheader()
-        w.writerows(manual_rows)
+        w.writerows(_csv_rows(manual_rows))
 
 
 def enter_manual(out: Path, course: Path, student: str, assignment: str, cell: str,
@@ -248,5 +321,5 @@ def enter_manual(out: Path, course: Path, student: str, assignment: str, cell: s
     with open(out / "manual_grades.csv", "w", newline="") as f:
         w = csv.DictWriter(f, MANUAL_FIELDS, restval="", extrasaction="ignore")
         w.writeheader()
-        w.writerows(manual.values())
+        w.writerows(_csv_rows(list(manual.values())))
     write_outputs(out, Path(course), records)
