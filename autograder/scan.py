@@ -282,17 +282,20 @@ def _parse(source: str):
 def _dotted(node, aliases: dict[str, str]) -> str | None:
     """``a.b.c`` through the imports (``dist.all_reduce`` -> ``torch.distributed.all_reduce``),
     ``getattr(x, "name")`` included; None if the root is not an imported name."""
-    if isinstance(node, ast.Name):
-        return aliases.get(node.id)
-    if isinstance(node, ast.Attribute):
-        base = _dotted(node.value, aliases)
-        return f"{base}.{node.attr}" if base else None
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-            node.func.id == "getattr" and len(node.args) >= 2 and \
-            isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
-        base = _dotted(node.args[0], aliases)
-        return f"{base}.{node.args[1].value}" if base else None
-    return None
+    attrs = []
+    while True:
+        if isinstance(node, ast.Attribute):
+            attrs.append(node.attr)
+            node = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id == "getattr" and len(node.args) >= 2 and \
+                isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+            attrs.append(node.args[1].value)
+            node = node.args[0]
+        elif isinstance(node, ast.Name) and aliases.get(node.id):
+            return ".".join([aliases[node.id], *reversed(attrs)])
+        else:
+            return None
 
 
 def _under(name: str, module: str) -> bool:

@@ -335,14 +335,14 @@ def test_borrowed_code_costs_its_part_only():
     ref = (REPO / "reference_impl" / "data" / "balance.py").read_text()
     pasted = ref[ref.index("def class_counts"):ref.index("def loss_weights")]
     cells = ["import math\nimport torch\n" + pasted,
-             "def sample_weights(labels, method='inverse', beta=0.999, temperature=2.0):\n"
-             "    return balanced_weights(labels, method, beta, temperature)[1]",
-             "from torch.utils.data import WeightedRandomSampler\n"
-             "def _draw(w, n, g):\n    return list(WeightedRandomSampler(w, n, generator=g))\n"
-             "class DistributedWeightedSampler:\n    def __iter__(self):\n"
-             "        return iter(_draw(self.weights, 4, None))",
-             "def train_denoiser(x, labels, balanced, seed):\n"
-             "    return sample_weights(labels), list(DistributedWeightedSampler())"]
+             ("def sample_weights(labels, method='inverse', beta=0.999, temperature=2.0):\n"
+              "    return balanced_weights(labels, method, beta, temperature)[1]"),
+             ("from torch.utils.data import WeightedRandomSampler\n"
+              "def _draw(w, n, g):\n    return list(WeightedRandomSampler(w, n, generator=g))\n"
+              "class DistributedWeightedSampler:\n    def __iter__(self):\n"
+              "        return iter(_draw(self.weights, 4, None))"),
+             ("def train_denoiser(x, labels, balanced, seed):\n"
+              "    return sample_weights(labels), list(DistributedWeightedSampler())")]
     found = scan.part_findings(cells, decl)
     names = [p["name"] for p in decl["parts"]]
     a, b, c = (found[names.index(n)] for n in
@@ -352,7 +352,7 @@ def test_borrowed_code_costs_its_part_only():
                                    "reference_impl.data.balance.class_probabilities"}
     assert {f.kind for f in b} == {"library-equivalent"}  # through the helper _draw
     assert c == []  # uses both parts' functions: their own tests pay
-    deep = scan.part_findings(cells + ["x = a" + ".b" * 900], decl)
+    deep = scan.part_findings(cells + ["def g():\n    return a" + ".b" * 900], decl)
     assert all(any(f.kind == "unreadable-code" for f in found) for found in deep)
 
 
@@ -445,3 +445,178 @@ print("SOURCE", "EMA" in open(path).read(), os.listdir(os.path.join(os.path.dirn
         assert f"REFUSED {m} True" in out, out
     assert "IMPORTED reference_impl.data.shapes" in out and "IMPORTED reference_impl.distributed.zero" in out
     assert "SOURCE False []" in out, out
+
+
+# ---- what the trusted side trusts (issue 25, item 2) ---------------------------------------
+
+def test_intake_refuses_hard_links_and_linked_parents(tmp_path):
+    """(b) A file with another name (a hard link) is not taken, even one to a file outside the
+    submission; a student or assignment folder that is a link is not entered."""
+    outside = tmp_path / "solutions.ipynb"
+    outside.write_text("the course's source")
+    src = tmp_path / "subs" / "bob" / "ema"
+    src.mkdir(parents=True)
+    os.link(outside, src / "ema.ipynb")
+    (src / "mine.txt").write_text("mine")
+    os.link(src / "mine.txt", src / "again.txt")  # both names inside: refused too
+    (src / "plain.txt").write_text("plain")
+    notes = copy_plain(src, tmp_path / "copy", nofollow=2)
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["plain.txt"]
+    assert sum("a hard link" in n for n in notes) == 3, notes
+    (tmp_path / "subs" / "eve").symlink_to(tmp_path / "subs" / "bob")  # a peer's folder
+    notes = copy_plain(tmp_path / "subs" / "eve" / "ema", tmp_path / "c2", nofollow=2)
+    assert "not a plain folder" in notes[0] and not list((tmp_path / "c2").iterdir())
+
+
+def test_results_are_read_from_the_file_the_grader_made(tmp_path):
+    """(a) The jail replaces results.jsonl with a link to another student's results: the
+    grader reads the file it created, through the descriptor it opened first."""
+    from autograder import driver
+
+    peer = tmp_path / "peer.jsonl"
+    peer.write_text('{"check": "test_x", "results": [{"value": {"return": 1}}]}\n')
+    path = tmp_path / "results.jsonl"
+    path.write_text("a copy from the submission\n")
+    fd = driver._create(path)
+    os.write(os.open(path, os.O_WRONLY | os.O_APPEND),
+             b'{"check": "test_x", "results": [{"error": "missing"}]}\n')  # the harness
+    assert not driver._replaced(path, fd)
+    path.unlink()
+    path.symlink_to(peer)
+    assert driver._replaced(path, fd)
+    assert checks.read_results(fd) == {"test_x": [{"error": "missing"}]}
+
+
+def test_kernel_sockets_are_reached_by_descriptor(tmp_path):
+    """(a) The kernel's sockets are opened O_PATH|O_NOFOLLOW in the .ipc folder held from the
+    start; a link there is refused; nothing is removed by path at cleanup."""
+    import socket as socketlib
+    import stat
+
+    from autograder.kernel import JailedKernelManager
+
+    (tmp_path / ".ipc").mkdir()
+    km = JailedKernelManager(tmp_path, Limits(), sandbox=False)
+    km.socket_wait = 0.3
+    try:
+        s = socketlib.socket(socketlib.AF_UNIX)
+        s.bind(str(tmp_path / ".ipc" / "kernel-1"))
+        (tmp_path / "host.sock").touch()
+        (tmp_path / ".ipc" / "kernel-2").symlink_to(tmp_path / "host.sock")
+        km.shell_port, km.iopub_port, km.hb_port = 1, 2, 3
+        url = km._make_url("shell")
+        fd = int(url.rsplit("/", 1)[1])
+        assert url.startswith("ipc:///proc/self/fd/") and stat.S_ISSOCK(os.fstat(fd).st_mode)
+        with pytest.raises(RuntimeError, match="not a socket"):
+            km._make_url("iopub")
+        with pytest.raises(RuntimeError, match="no socket"):
+            km._make_url("hb")
+        # .ipc moved away and replaced by a link: the held folder is still the one used
+        (tmp_path / ".ipc").rename(tmp_path / ".ipc-moved")
+        (tmp_path / ".ipc").symlink_to(tmp_path / "elsewhere")
+        assert km._make_url("shell") == url
+        km.connection_file = str(tmp_path / ".ipc" / "kernel.json")
+        km._connection_file_written = True
+        km.cleanup_connection_file()
+        km.cleanup_ipc_files()
+        assert (tmp_path / ".ipc-moved" / "kernel-1").exists()
+        assert "-P" in km.format_kernel_cmd()[:3] or km.format_kernel_cmd()[1:2] != ["-m"]
+        s.close()
+    finally:
+        km.close_descriptors()
+
+
+def test_csv_cells_never_start_a_formula(tmp_path):
+    """(c) Text a spreadsheet would run (=, +, -, @, tab, CR) is written after a ', in
+    grades.csv, manual_grades.csv and manual entries, and read back as it was."""
+    import json
+
+    from autograder import batch
+
+    for v in ("=1+1", "+A1", "-2+3", "@SUM(A1)", "\t=1", "\r=1", "'=x", "''", "\uff1d1"):
+        assert batch.csv_value(batch.csv_text(v)) == v and batch.csv_text(v).startswith("'")
+    for v in ("plain", "", 3.5, None, "a=1"):
+        assert batch.csv_text(v) == v
+    answer = '=HYPERLINK("https://example.org/?"&C2, "see")'
+    res = {"ema_derivation": {"kind": "manual", "max": 6.0, "points": None, "answer": answer,
+                              "rubric": "r"}}
+    records = [{"student": "-2+3", "assignment": "ema", "notes": ["@note"], "sandbox": "x",
+                "graded": [{"notebook": "ema.ipynb", "results": res, "flags": [], "notes": [],
+                            "cells": []}]}]
+    (tmp_path / "results.json").write_text(json.dumps(records))
+    batch.write_outputs(tmp_path, REPO, json.loads(json.dumps(records)))
+    batch.enter_manual(tmp_path, REPO, "-2+3", "ema", "ema_derivation", 5.0)
+    for name in ("grades.csv", "manual_grades.csv"):
+        with open(tmp_path / name, newline="") as f:
+            cells = [v for row in csv.reader(f) for v in row]
+        assert not [v for v in cells if v[:1] in batch.FORMULA_START], (name, cells)
+    assert batch.read_manual(tmp_path)[("-2+3", "ema", "ema_derivation")]["points"] == "5.0"
+    with open(tmp_path / "grades.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert row["student"] == "'-2+3" and float(row["ema_derivation"]) == 5.0
+    assert "the answer starts like a spreadsheet formula" in row["notes"]
+
+
+def test_harness_binds_the_course_names_at_every_check(tmp_path):
+    """(d) A student cell after a course cell redefines its helper: the check calls the
+    course's (and so do the student's functions during the check); the student's binding is
+    back for the cells after it."""
+    from autograder import harness
+
+    plan = {"cell_timeout": 30, "items": [
+        {"cell": "def helper(x):\n    return x + 1\nimport math as m\n", "course": True},
+        {"cell": "helper = lambda x: 100\nm = None\ndef mine(x):\n    return helper(x) * 10\n"},
+        {"check": "t1", "cases": [{"call": "helper", "args": [1]}, {"call": "mine", "args": [1]},
+                                  {"call": "uses_m", "args": []}]},
+        {"cell": "y = helper(1)\ndef seen():\n    return y\n"},
+        {"check": "t2", "cases": [{"call": "seen", "args": []}]}]}
+    plan["items"][1]["cell"] += "def uses_m():\n    return m.floor(2.5)\n"
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-I", harness.__file__, "plan.json", "results.jsonl"],
+                   cwd=tmp_path, env=env, timeout=300, check=True)
+    got = checks.read_results(tmp_path / "results.jsonl")
+    assert [r["value"]["return"] for r in got["t1"]] == [2, 20, 2], got
+    assert got["t2"][0]["value"]["return"] == 100, got
+
+
+def test_bound_names_and_redefinition_flags():
+    from autograder import driver, harness
+
+    assert harness.bound_names("import numpy as np\nimport torch.distributed\nx, *y = 1, 2\n"
+                               "def f():\n    z = 1\nfor i in []:\n    pass\n") == \
+        {"np": "numpy", "torch": "torch", "x": None, "y": None, "f": None, "i": None}
+    cells = [nbformat.v4.new_code_cell("import torch\ndef ring_sums(v):\n    return v\n"),
+             nbformat.v4.new_code_cell("import torch\nimport numpy as np\nx = 1\n"),
+             nbformat.v4.new_code_cell("ring_sums = len\n%time x = 2\n")]
+    for c, origin in zip(cells, ("source", "student", "student")):
+        c.metadata["autograder"] = {"origin": origin}
+    flags = driver.redefinition_flags(nbformat.v4.new_notebook(cells=cells))
+    assert flags == ["extra cell 2: redefines the course's ring_sums (the checks use the "
+                     "course's)"], flags
+
+
+def test_uid_slots_are_claimed_across_batches():
+    import socket as socketlib
+
+    from autograder import batch
+    from autograder.sandbox import UID_BASE
+
+    other = socketlib.socket(socketlib.AF_UNIX)
+    try:
+        other.bind(f"\0autograder-uid-{UID_BASE}")  # another batch holds slot 0
+    except OSError:
+        pass  # a batch running here holds it: the same
+    try:
+        slots, held = batch.claim_slots(2)
+        try:
+            assert 0 not in slots and len(set(slots)) == 2
+            again, held2 = batch.claim_slots(1)
+            assert again[0] not in slots
+            for h in held2:
+                h.close()
+        finally:
+            for h in held:
+                h.close()
+    finally:
+        other.close()

@@ -434,8 +434,8 @@ def allreduce() -> dict:
 FLAGS = {
     "ref_import_ema": ("reference-import (reference_impl.training.ema)",),
     "ref_paste_ema": ("copied-reference-code (_Avg.at = reference_impl.training.ema.EMA.get_decay)",
-                      "copied-reference-code (_Avg._cfg = reference_impl.training.ema.EMA."
-                      "_set_schedule)"),
+                      ("copied-reference-code (_Avg._cfg = reference_impl.training.ema.EMA."
+                       "_set_schedule)")),
     "swa_update": ("library-equivalent (torch.optim.swa_utils in ema_update_)",),
     "measured_is_predicted": (),
     "ref_import_balance": ("reference-import (reference_impl.data.balance)",),
@@ -445,8 +445,8 @@ FLAGS = {
                                                  ("_cw", "class_weights"),
                                                  ("_probs", "class_probabilities"),
                                                  ("_bw", "balanced_weights"))),
-    "sampler_weighted_random": ("library-equivalent (torch.utils.data.WeightedRandomSampler in "
-                                "DistributedWeightedSampler)",),
+    "sampler_weighted_random": (("library-equivalent (torch.utils.data.WeightedRandomSampler in "
+                                 "DistributedWeightedSampler)"),),
     "weighted_random_in_part_c": (),
     "share_stated": (),
     "ref_import_allreduce": ("reference-import (reference_impl.distributed.allreduce)",),
@@ -456,8 +456,8 @@ FLAGS = {
                                                    ("_sizes", "chunk_sizes"),
                                                    ("_ring", "ring_all_reduce"),
                                                    ("_sim", "simulate_ring_all_reduce"))),
-    "uses_all_reduce": ("library-equivalent (torch.distributed.all_reduce in "
-                        "ring_all_reduce_dist)",),
+    "uses_all_reduce": (("library-equivalent (torch.distributed.all_reduce in "
+                         "ring_all_reduce_dist)"),),
     "hidden_all_reduce": (),
 }
 # Plants that score 0 on some test only because the scan found borrowed code there (their
