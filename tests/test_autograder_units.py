@@ -359,9 +359,9 @@ def test_borrowed_code_costs_its_part_only():
 def test_plan_marks_borrowed_parts_and_score_takes_them():
     spec = checks.spec(nbu.read(SOURCE))
     assert spec["test_decay_first_steps"][0]["declared"]["withhold"]
-    cells = ["import torch\nfrom torch.optim.swa_utils import get_ema_multi_avg_fn\n"
-             "def ema_update_(e, p, d):\n    get_ema_multi_avg_fn(d)(e, p, None)\n"]
-    items = [("cell", cells[0]), ("check", "test_update_simple"), ("check", "test_decay_first_steps")]
+    cell = ("import torch\nfrom torch.optim.swa_utils import get_ema_multi_avg_fn\n"
+            "def ema_update_(e, p, d):\n    get_ema_multi_avg_fn(d)(e, p, None)\n")
+    items = [("cell", cell), ("check", "test_update_simple"), ("check", "test_decay_first_steps")]
     plan = checks.plan(items, spec, 10)
     sent = [c for i in plan["items"] if "cases" in i for c in i["cases"]]
     assert not any(set(c) & {"declared", "not_written", "measure", "want"} for c in sent)
