@@ -75,7 +75,8 @@ class JailedKernelManager(AsyncKernelManager):
 
     def _socket_fd(self, port: int) -> int:
         """An O_PATH descriptor of the socket ``kernel-<port>`` in the ``.ipc`` folder opened at
-        the start, once the kernel has made it; a link or any other file there is refused."""
+        the start, once the kernel has made it; a link (O_PATH | O_NOFOLLOW opens the link
+        itself) or any other file there, or a socket of another uid, is refused."""
         if port in self._socket_fds:
             return self._socket_fds[port]
         name = f"{Path(self.ip).name}-{port}"
@@ -85,14 +86,14 @@ class JailedKernelManager(AsyncKernelManager):
                 fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._ipc_fd)
             except FileNotFoundError:
                 fd = None
-            except OSError as e:  # ELOOP: a symbolic link
-                raise RuntimeError(f"the kernel's socket {name} is not a socket") from e
+            except OSError as e:
+                raise RuntimeError(f"the kernel's socket {name} is not a socket of the jail") from e
             if fd is not None:
                 st = os.fstat(fd)
                 own = not self._sandbox or os.geteuid() != 0 or st.st_uid == UID_BASE + self._slot
                 if not stat.S_ISSOCK(st.st_mode) or not own:
                     os.close(fd)
-                    raise RuntimeError(f"the kernel's socket {name} is not its socket")
+                    raise RuntimeError(f"the kernel's socket {name} is not a socket of the jail")
                 self._socket_fds[port] = fd
                 return fd
             proc = getattr(self.provisioner, "process", None)
