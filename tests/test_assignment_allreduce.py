@@ -21,7 +21,7 @@ from test_autograder_redteam import SANDBOX_PROBLEM, _check_scores, _grade
 from autograder import checks
 from autograder import notebook as nbu
 from autograder.redteam import allreduce_plants as plants
-from autograder.redteam import reference_plants
+from autograder.redteam import reference_plants, trust_plants
 from reference_impl.distributed import allreduce as ref
 from reference_impl.distributed import cost_model
 
@@ -90,6 +90,7 @@ def test_planted_submissions_get_their_honest_scores(tmp_path):
     plants.write(course / "subs" / "allreduce")
     out, rows = _grade(course, "allreduce", "--checks-only")
     _check_scores(rows, plants.PLANTS)
+    assert not trust_plants.problems(rows, out)  # the course's helpers redefined: flagged
     assert float(rows["solution"]["total"]) == plants.AUTO_MAX
     assert float(rows["blank"]["total"]) == 0.0
     # the hanging ring timed out (a note, not a crash) and the rest of its notebook was graded

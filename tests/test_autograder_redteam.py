@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from autograder import notebook as nbu
-from autograder.redteam import plants, reference_plants
+from autograder.redteam import plants, reference_plants, trust_plants
 from autograder.sandbox import SandboxUnavailable, check_sandbox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +144,10 @@ def test_redteam_full_batch(tmp_path):
     course = _course(tmp_path)
     link = course / "subs" / "full" / "files" / "ema" / "notes.txt"
     assert link.resolve() == (course / "solutions" / "ema" / "ema.ipynb").resolve()  # real threat
-    out, rows = _grade(course, "full")
+    with trust_plants.host_trap(course / "subs" / trust_plants.HOST) as reached:
+        out, rows = _grade(course, "full")
+    assert not reached, reached  # the grader connected to a host socket a jail linked to
+    assert not trust_plants.problems(rows, out)
     assert set(rows) == set(plants.FULL) | {"linked_student"}
     assert all(r["sandbox"].startswith("bwrap") for r in rows.values()), rows["solution"]["sandbox"]
     _check_scores(rows, plants.FULL)
@@ -207,6 +210,7 @@ def test_redteam_checks_batch(tmp_path):
     out, rows = _grade(course, "checks", "--checks-only")
     assert set(rows) == set(plants.CHECKS)
     _check_scores(rows, plants.CHECKS)
+    assert not trust_plants.problems(rows, out)  # links, hard links, formulas (issue 25)
     assert "frame-or-object-walking" in rows["frames"]["flags"]
     assert "builtins-tampering" in rows["weak_builtins"]["flags"]
     assert rows["edited_tests"]["notes"].count("was edited: restored") == 3
