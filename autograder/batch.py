@@ -98,6 +98,14 @@ def venv_env() -> dict[str, str]:
     return env
 
 
+def driver_timeout(limits: dict) -> int:
+    """Seconds a driver may take: the student's wall clock, then what a run can overrun it by -
+    the kernel's start (120 s), one cell past its interruption (2 x timeout + 10 s), the
+    jails' setup and teardown - so that only a driver that hangs is killed (a killed driver
+    leaves its cgroups behind)."""
+    return int(limits["wall_seconds"] + 2 * limits["cell_timeout"] + 240)
+
+
 def _run_driver(job: dict, tmp: Path, log: Path) -> dict:
     jf, rf = tmp / f"{job['key']}.job.json", tmp / f"{job['key']}.result.json"
     jf.write_text(json.dumps(job))
@@ -106,7 +114,7 @@ def _run_driver(job: dict, tmp: Path, log: Path) -> dict:
         with open(log, "w") as lf:
             proc = subprocess.run([sys.executable, "-m", "autograder.driver", str(jf), str(rf)],
                                   stdout=lf, stderr=subprocess.STDOUT, env=venv_env(), check=False,
-                                  timeout=job["limits"]["wall_seconds"] + 120)
+                                  timeout=driver_timeout(job["limits"]))
         if proc.returncode == 0 and rf.exists():
             return json.loads(rf.read_text())
         why = f"grading process failed (exit {proc.returncode}), see {log.name}"

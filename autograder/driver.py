@@ -6,17 +6,20 @@
 2. **Assembly** by grade_id: instructor cells (tests, locked cells) come from the *release* -
    the visible tests only, hidden regions never leave the trusted side; solution cells keep the
    student's text with the source's metadata; missing cells are re-added, edits undone (noted).
-3. **Feedback run**: the notebook runs in a jailed kernel; its outputs are kept only to show
-   the student (sanitised). Nothing it reports decides a point.
-4. **Hidden checks**: a fresh jail runs harness.py on the same cells, and at each test's place
-   calls the student's functions with that test's inputs (no expected value in the jail).
-   What comes back is plain JSON; checks.py validates and compares it here.
+3. **Hidden checks** (first: they get the student's whole wall clock): a fresh jail runs
+   harness.py on the cells, and at each test's place calls the student's functions with that
+   test's inputs (no expected value in the jail). What comes back is plain JSON, read from
+   the file the grader created; checks.py validates and compares it here.
+4. **Feedback run** (with the wall clock left): the notebook runs in another jail, in a
+   kernel; its outputs are kept only to show the student (sanitised). Nothing it reports
+   decides a point.
 The scan (scan.py) only flags known tricks for the instructor; it changes nothing.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import json
 import os
@@ -38,6 +41,7 @@ from .scan import scan_source
 
 MAX_NOTEBOOK = 5 * 2**20  # bytes
 MAX_TEXT = 20_000  # characters of one output kept for the feedback
+FEEDBACK_MIN_SECONDS = 30  # the feedback run is skipped with less of the wall clock left
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,60}$")
 
 
@@ -307,13 +311,22 @@ def grade_one(job: dict) -> dict:
     got: dict = {}
     why_missing = "the notebook was not run"
     if submission is not None:
+        # The hidden checks first: they decide the points, so they get the student's whole
+        # wall clock; the feedback run (outputs to show, nothing scored) gets what is left -
+        # run first, a slow notebook left the checks 30 s and cost an honest student points.
         t, n1 = time.monotonic(), []
-        if job.get("notebook_run", True):
-            status, n1 = feedback_run(nb, _jail_root(work, "nb", files, job["slot"]), limits, job)
-        t1 = time.monotonic()
         got, n2 = hidden_checks(nb, _jail_root(work, "checks", files, job["slot"]), limits, job,
                                 spec)
-        print(f"feedback run {t1 - t:.1f} s, hidden checks {time.monotonic() - t1:.1f} s",
+        t1 = time.monotonic()
+        if job.get("notebook_run", True):
+            left = int(limits.wall_seconds - (t1 - job["_t0"]))
+            if left < FEEDBACK_MIN_SECONDS:
+                n1 = [("the notebook run for the feedback was skipped: the hidden checks used "
+                       "the student's wall-clock time")]
+            else:
+                status, n1 = feedback_run(nb, _jail_root(work, "nb", files, job["slot"]),
+                                          dataclasses.replace(limits, wall_seconds=left), job)
+        print(f"hidden checks {t1 - t:.1f} s, feedback run {time.monotonic() - t1:.1f} s",
               file=sys.stderr)
         notes += n1 + n2
         why_missing = "the checks process ended before this test (see the notes)"
