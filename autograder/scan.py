@@ -71,10 +71,13 @@ PATTERNS = {
     "tracing-hook": r"settrace|setprofile|sys\s*\.\s*monitoring",
     "file-access-outside-submission": r"""(open|Path|listdir|scandir|glob|walk|read_text)\s*\(\s*"""
                                       r"""[rbf]*['"](/|\.\.)|solutions/|gradebook""",
+    # code the scan below cannot read: a string run as code (a paste hidden in it)
+    "dynamic-code": r"(?<![.\w])(exec|eval)\s*\(|\b__import__\s*\(",
 }
 _COMPILED = {name: re.compile(p) for name, p in PATTERNS.items()}
 # Names a cell may use without importing them in that same cell (the notebooks' own imports).
-COMPOUND = (ast.If, ast.Try, ast.With, ast.For, ast.While)
+COMPOUND = (ast.If, ast.Try, ast.TryStar, ast.With, ast.AsyncWith, ast.For, ast.AsyncFor,
+            ast.While, ast.Match)
 DEFAULT_ALIASES = {"torch": "torch", "np": "numpy", "numpy": "numpy", "dist": "torch.distributed",
                    "math": "math", "importlib": "importlib"}
 
@@ -333,22 +336,32 @@ def _bind(aliases: dict, node) -> None:
 
 
 def _definitions(tree):
-    """(statement, names it binds or None) for the top-level statements; an if/try/with/for
-    is opened up (its header comes as a statement of its own, binding nothing)."""
+    """(statement, names it binds or None) for the top-level statements; a compound statement
+    (if, try, with, for, while, match, their async forms) is opened up: its header comes as a
+    statement of its own, binding nothing, then the statements of its bodies."""
     for node in tree.body if tree is not None else ():
-        if isinstance(node, COMPOUND):
-            yield node, None
-            body = [s for f in ("body", "orelse", "finalbody") for s in getattr(node, f, [])]
-            body += [s for h in getattr(node, "handlers", []) for s in h.body]
-            yield from _definitions(ast.Module(body=body, type_ignores=[]))
-        else:
+        body = _bodies(node)
+        if body is None:
             yield node, _owners(node)
+        else:
+            yield node, None
+            yield from _definitions(ast.Module(body=body, type_ignores=[]))
+
+
+def _bodies(node) -> list | None:
+    """The statements inside a compound statement other than a def or class (None: not one)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return None
+    inner = [s for f in ("body", "orelse", "finalbody") for s in getattr(node, f, None) or []]
+    inner += [s for h in getattr(node, "handlers", None) or [] for s in h.body]
+    inner += [s for c in getattr(node, "cases", None) or [] for s in c.body]
+    return inner if inner or isinstance(node, COMPOUND) else None
 
 
 def _header(node) -> list:
     """The parts of an if/for/while/with/try outside its body (its body comes separately)."""
     out = []
-    for f in ("test", "iter", "target", "items"):
+    for f in ("test", "iter", "target", "items", "subject"):
         v = getattr(node, f, None)
         out += v if isinstance(v, list) else [v] if v is not None else []
     return out
@@ -392,7 +405,7 @@ def analyse(sources: list[str], decl: dict) -> tuple[list[Finding], dict[str, se
 def _analyse_tree(tree, aliases, withheld, equivalents, index, findings, graph) -> None:
     """One cell's statements: their names' edges in ``graph``, their ``findings``."""
     for node, owners in _definitions(tree):
-        scope = _header(node) if isinstance(node, COMPOUND) else [node]
+        scope = [node] if _bodies(node) is None else _header(node)
         owner = owners[0] if owners else None
         for name in owners or ():
             graph.setdefault(name, set()).update(
@@ -412,6 +425,7 @@ def _scan_node(node, owner, aliases, withheld, equivalents, index) -> list[Findi
     where = owner or "a top-level statement"
     for n in ast.walk(node):
         for name, bound in _imports(n):
+            bound = bound if n is node else None  # an import inside a def binds a local name
             for m in withheld:
                 if _under(name, m):
                     out.append(Finding("reference-import", bound or owner, m, where))

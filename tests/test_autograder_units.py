@@ -321,6 +321,10 @@ def test_scan_flags_borrowed_code_in_a_cell():
               .replace("k /", "n /").replace("k)", "n)").replace('"""', "'''") + "    # tidied\n")
     assert "copied-reference-code (Mine.when = reference_impl.training.ema.EMA.get_decay)" in \
         scan_source(pasted), pasted
+    hidden = ("match 1:\n    case 1:\n        from torch.optim.swa_utils import get_ema_multi_avg_fn\n"
+              "        def ema_update_(e, p, d):\n            get_ema_multi_avg_fn(d)(e, p, None)\n")
+    assert "library-equivalent (torch.optim.swa_utils in ema_update_)" in scan_source(hidden)
+    assert scan_source("model.eval()\nexec(pasted_as_a_string)") == ["dynamic-code"]
     # code Python compiles but this scan cannot walk (nested too deeply): it fails closed
     assert scan_source("def f():\n    return a" + ".b" * 900) == [
         "unreadable-code (nested too deeply to scan in cell 0)"]
