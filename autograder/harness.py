@@ -136,48 +136,71 @@ def _targets(node, out):
         _targets(node.value, out)
 
 
-def bound_names(source):
+def bound_names(source, conditional=None):
     """{name: module or None}: the names a cell's top level binds (assignments, def, class,
     import - with the module an import binds it to - for and with targets, also inside
-    top-level if/try/for/while/with blocks; not inside functions)."""
-    out = {}
+    top-level if/try/for/while/with blocks; not inside functions). ``conditional``, a set,
+    gets the names bound only inside such blocks (maybe not bound at all)."""
+    out, sure = {}, set()
 
-    def visit(body):
+    def visit(body, cond):
         for node in body:
+            found = {}
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                out[node.name] = None
+                found[node.name] = None
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     if a.asname:
-                        out[a.asname] = a.name
+                        found[a.asname] = a.name
                     else:
-                        out[a.name.split(".")[0]] = a.name.split(".")[0]
+                        found[a.name.split(".")[0]] = a.name.split(".")[0]
             elif isinstance(node, ast.ImportFrom):
                 for a in node.names:
                     if a.name != "*":
-                        out[a.asname or a.name] = None
+                        found[a.asname or a.name] = None
             elif isinstance(node, ast.Assign):
                 for t in node.targets:
-                    _targets(t, out)
+                    _targets(t, found)
             elif isinstance(node, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor)):
-                _targets(node.target, out)
+                _targets(node.target, found)
             elif isinstance(node, (ast.With, ast.AsyncWith)):
                 for item in node.items:
                     if item.optional_vars is not None:
-                        _targets(item.optional_vars, out)
-            for field in ("body", "orelse", "finalbody"):
-                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    visit(getattr(node, field, []) or [])
+                        _targets(item.optional_vars, found)
+            out.update(found)
+            if not cond and not isinstance(node, (ast.For, ast.AsyncFor)):
+                sure.update(found)
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                for field in ("body", "orelse", "finalbody"):
+                    visit(getattr(node, field, []) or [], True)
             for h in getattr(node, "handlers", []) or []:
                 if h.name:
                     out[h.name] = None
-                visit(h.body)
+                visit(h.body, True)
 
     try:
-        visit(ast.parse(source).body)
+        visit(ast.parse(source).body, False)
     except (SyntaxError, ValueError, RecursionError):
         pass
+    if conditional is not None:
+        conditional.update(set(out) - sure)
     return out
+
+
+def pin(ns, names, conditional, before, ok, pinned):
+    """After a course cell ran: record in ``pinned`` what it bound each of its names to. A name
+    it did not get to bind (the cell failed - a student can make it fail, to keep a stand-in
+    defined earlier) is pinned as unbound, unless it holds a module (the same object whoever
+    imports it)."""
+    import types
+
+    for n in names:
+        now = ns.get(n, _MISSING)
+        if now is not before[n] or (ok and n not in conditional):
+            if now is not _MISSING:
+                pinned[n] = now
+        elif not ok and n not in conditional and not isinstance(now, types.ModuleType):
+            pinned[n] = _MISSING
 
 
 _MISSING = object()
@@ -188,7 +211,10 @@ def bind(ns, pinned):
     saved = {}
     for name, value in pinned.items():
         saved[name] = ns.get(name, _MISSING)
-        ns[name] = value
+        if value is _MISSING:
+            ns.pop(name, None)
+        else:
+            ns[name] = value
     return saved
 
 
@@ -229,19 +255,22 @@ def main(plan_path, results_path):
     pinned = {}  # the course cells' names and what those cells bound them to
     for item in plan["items"]:
         if "cell" in item:
+            names, conditional = {}, set()
+            if item.get("course"):
+                try:
+                    names = bound_names(shell.transform_cell(item["cell"]), conditional)
+                except Exception:  # noqa: BLE001 - not Python: nothing to pin
+                    names = {}
+            before = {n: shell.user_ns.get(n, _MISSING) for n in names}
+            ok = False
             signal.setitimer(signal.ITIMER_REAL, timeout)
             try:
-                shell.run_cell(item["cell"], store_history=True)
+                ok = bool(shell.run_cell(item["cell"], store_history=True).success)
             except BaseException:  # noqa: BLE001 - a timeout between IPython's own handlers
                 pass
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            if item.get("course"):
-                try:
-                    names = bound_names(shell.transform_cell(item["cell"]))
-                except Exception:  # noqa: BLE001 - not Python: nothing to pin
-                    names = {}
-                pinned.update({n: shell.user_ns[n] for n in names if n in shell.user_ns})
+            pin(shell.user_ns, names, conditional, before, ok, pinned)
             continue
         got = []
         saved = bind(shell.user_ns, pinned)

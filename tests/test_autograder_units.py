@@ -575,7 +575,11 @@ def test_harness_binds_the_course_names_at_every_check(tmp_path):
         {"check": "t1", "cases": [{"call": "helper", "args": [1]}, {"call": "mine", "args": [1]},
                                   {"call": "uses_m", "args": []}]},
         {"cell": "y = helper(1)\ndef seen():\n    return y\n"},
-        {"check": "t2", "cases": [{"call": "seen", "args": []}]}]}
+        {"check": "t2", "cases": [{"call": "seen", "args": []}]},
+        # a stand-in defined first, then the course's cell made to fail before its def
+        {"cell": "def runner(v):\n    return 'stand-in'\nimport math\ndel math.floor\n"},
+        {"cell": "from math import floor\ndef runner(v):\n    return v\n", "course": True},
+        {"check": "t3", "cases": [{"call": "runner", "args": [1]}]}]}
     plan["items"][1]["cell"] += "def uses_m():\n    return m.floor(2.5)\n"
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -584,14 +588,19 @@ def test_harness_binds_the_course_names_at_every_check(tmp_path):
     got = checks.read_results(tmp_path / "results.jsonl")
     assert [r["value"]["return"] for r in got["t1"]] == [2, 20, 2], got
     assert got["t2"][0]["value"]["return"] == 100, got
+    assert got["t3"] == [{"error": "missing"}], got  # not the stand-in
 
 
 def test_bound_names_and_redefinition_flags():
     from autograder import driver, harness
 
+    maybe = set()
     assert harness.bound_names("import numpy as np\nimport torch.distributed\nx, *y = 1, 2\n"
-                               "def f():\n    z = 1\nfor i in []:\n    pass\n") == \
-        {"np": "numpy", "torch": "torch", "x": None, "y": None, "f": None, "i": None}
+                               "def f():\n    z = 1\nfor i in []:\n    k = 1\n"
+                               "if x:\n    g = 1\nelse:\n    x = 2\n", maybe) == \
+        {"np": "numpy", "torch": "torch", "x": None, "y": None, "f": None, "i": None,
+         "k": None, "g": None}
+    assert maybe == {"i", "k", "g"}
     cells = [nbformat.v4.new_code_cell("import torch\ndef ring_sums(v):\n    return v\n"),
              nbformat.v4.new_code_cell("import torch\nimport numpy as np\nx = 1\n"),
              nbformat.v4.new_code_cell("ring_sums = len\n%time x = 2\n")]
