@@ -227,6 +227,8 @@ def _create(path: Path, data: bytes = b"") -> int:
         path.unlink()
     except FileNotFoundError:
         pass
+    except IsADirectoryError:  # a folder of that name in the submission (our copy: no links)
+        shutil.rmtree(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)

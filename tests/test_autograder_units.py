@@ -489,6 +489,9 @@ def test_results_are_read_from_the_file_the_grader_made(tmp_path):
     path.symlink_to(peer)
     assert driver._replaced(path, fd)
     assert checks.read_results(fd) == {"test_x": [{"error": "missing"}]}
+    (tmp_path / "plan.json" / "sub").mkdir(parents=True)  # a folder of that name, submitted
+    os.close(driver._create(tmp_path / "plan.json", b"{}"))
+    assert (tmp_path / "plan.json").read_text() == "{}"
 
 
 def test_kernel_sockets_are_reached_by_descriptor(tmp_path):
