@@ -455,6 +455,7 @@ def run_experiment(name: str, scale: str = "fast", seeds: int | None = None, for
             return res
         print(f"{name}: the cached result in {out_dir} was made with another config; recomputing")
     t0 = time.perf_counter()
+    commit = _commit()  # the code the run starts with (the checkout may move while it runs)
     if exp.prepare is not None:
         exp.prepare(exp.scales[scale], seed_ids, scale)
     units = exp.units(exp.scales[scale], seed_ids)
@@ -476,7 +477,7 @@ def run_experiment(name: str, scale: str = "fast", seeds: int | None = None, for
                  reason=rows[0].reason, figures=[str(fig_dir / f) for f in outcome.figures],
                  wall_s=wall, unit_seconds=unit_seconds, units_cached=n_cached, details=outcome.details,
                  machine=machine(), rows=rows, gate=gate, gate_met=met, gate_note=exp.gate_note,
-                 rule_fixed=exp.rule_fixed, commit=_commit(),
+                 rule_fixed=exp.rule_fixed, commit=commit,
                  date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res.to_dict(), indent=1, default=float))
