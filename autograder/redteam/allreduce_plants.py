@@ -12,8 +12,7 @@ from pathlib import Path
 import nbformat
 
 from .. import notebook as nbu
-from . import reference_plants
-from . import trust_plants
+from . import reference_plants, trust_plants
 from .plants import Plant, replace, solved_from
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,8 +15,7 @@ import nbformat
 from nbformat.v4 import new_code_cell
 
 from .. import notebook as nbu
-from . import trust_plants
-from . import reference_plants
+from . import reference_plants, trust_plants
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO / "solutions" / "ema" / "ema.ipynb"
