@@ -92,15 +92,12 @@ def _reference_imports(path: Path) -> set[str]:
 
 def _reaches(modules: set[str], targets: set[str]) -> set[str]:
     """The targets that importing ``modules`` imports, through reference_impl's own imports."""
-    seen, todo = set(), list(modules)
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        f = scan.module_file(m) or scan.module_file(m + ".__init__")
-        if f is not None:
-            todo += sorted(_reference_imports(f) - seen)
+    class Imports(dict):  # the import graph, each module's edges read when first asked for
+        def get(self, m, default=()):
+            f = scan.module_file(m) or scan.module_file(m + ".__init__")
+            return _reference_imports(f) if f is not None else default
+
+    seen = scan.closure(Imports(), modules)
     return {t for t in targets if any(m == t or m.startswith(t + ".") for m in seen)}
 
 
