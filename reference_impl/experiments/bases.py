@@ -67,7 +67,7 @@ def pretrained(seed: int, scale: str = "full", overrides: tuple[str, ...] = ()) 
         shutil.rmtree(run, ignore_errors=True)  # an interrupted build starts over
         seconds = timed_train(st["config"], [f"seed={seed}", *st["overrides"], *overrides],
                               run, st["processes"])
-        (folder / "final").exists() and shutil.rmtree(folder / "final")
+        shutil.rmtree(folder / "final", ignore_errors=True)
         shutil.move(str(run / "final"), str(folder / "final"))
         record = {"seed": seed, "scale": scale, "config": st["config"],
                   "overrides": list(overrides), "train_seconds": seconds,
@@ -83,19 +83,12 @@ def competence(final: Path, num_prompts: int, num_reference: int, resolution: in
                seed: int) -> dict:
     """EMA prompt accuracy (all attributes and kind+colour+background) and domain-FID of an
     exported model on ``num_prompts`` validation prompts: the speedrun's bar, measured."""
-    import torch
-
     from ..diffusion.sampling import sample_checkpoint
-    from .common import validator
 
-    val = validator(resolution, num_prompts, num_reference, seed)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        images = sample_checkpoint(final, list(val.prompts), seed, resolution=resolution)
-    m = val.measure(images)
-    return {"acc_kcb": m["prompt_acc/kind_colour_background"], "acc_all": m["prompt_acc"],
-            "acc_kind": m.get("prompt_acc/kind"), "fid": m["fid"], "n": num_prompts,
-            "n_reference": num_reference, "eval_seconds": time.perf_counter() - t0}
+    m = gate_measure(lambda prompts, s: sample_checkpoint(final, prompts, s, resolution=resolution),
+                     resolution, num_prompts, num_reference, seed)
+    return {**m, "n_reference": num_reference, "eval_seconds": time.perf_counter() - t0}
 
 
 def build(seeds: list[int], scale: str, overrides: tuple[str, ...] = (),
@@ -127,7 +120,7 @@ def accuracy_gate(who: str, where: str = "at the sampled resolution, on the scal
 
 def gate_measure(sample_fn, resolution: int, num_prompts: int, num_reference: int,
                  seed: int = 1234) -> dict:
-    """{"acc_kcb", "acc_kind", "fid", "n"} of ``sample_fn(prompts, seed) -> images`` on the
+    """{"acc_kcb", "acc_all", "acc_kind", "fid", "n"} of ``sample_fn(prompts, seed) -> images`` on the
     fixed validation prompts: what a gate reads."""
     import torch
 
@@ -136,5 +129,5 @@ def gate_measure(sample_fn, resolution: int, num_prompts: int, num_reference: in
     val = validator(resolution, num_prompts, num_reference, seed)
     with torch.no_grad():
         m = val.measure(sample_fn(list(val.prompts), seed))
-    return {"acc_kcb": m["prompt_acc/kind_colour_background"], "acc_kind": m.get("prompt_acc/kind"),
-            "fid": m["fid"], "n": num_prompts}
+    return {"acc_kcb": m["prompt_acc/kind_colour_background"], "acc_all": m["prompt_acc"],
+            "acc_kind": m.get("prompt_acc/kind"), "fid": m["fid"], "n": num_prompts}
